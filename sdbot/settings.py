@@ -1,0 +1,99 @@
+"""All configuration, read from `SDBOT_*` environment variables and an optional `.env` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SDBOT_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Discord
+    discord_token: SecretStr | None = None
+    dev_guild_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    # Models
+    model_id: str = "stabilityai/sd-turbo"
+    model_revision: str | None = None
+    safety_model_id: str = "CompVis/stable-diffusion-safety-checker"
+    safety_checker: bool = True
+    upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
+    device: str = "auto"
+    torch_compile: bool = False
+
+    # Storage
+    database_path: Path = Path("data/sdbot.sqlite3")
+    output_dir: Path = Path("data/images")
+
+    # Generation defaults and limits
+    default_steps: int = Field(4, ge=1)
+    default_guidance: float = Field(0.0, ge=0.0, le=30.0)
+    max_steps: int = Field(50, ge=1, le=500)
+    max_count: int = Field(4, ge=1, le=4)
+    min_size: int = Field(64, ge=8)
+    max_size: int = Field(1024, ge=64)
+    max_prompt_chars: int = Field(1000, ge=1)
+    max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Queue and worker
+    max_queued_per_user: int = Field(3, ge=1)
+    queue_capacity: int = Field(100, ge=1)
+    max_batch: int = Field(4, ge=1)
+    job_timeout_s: float = Field(600.0, gt=0)
+    progress_interval_s: float = Field(1.5, ge=0.0)
+
+    # Quotas
+    default_daily_quota: int = Field(50, ge=0)
+
+    # Scaling out (see README: "Scaling past one GPU")
+    workers: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_num_workers: int | None = Field(None, ge=1)
+    ray_gpus_per_worker: float = Field(1.0, ge=0.0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("dev_guild_ids", "blocked_words", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value.split(":")[0] not in {"auto", "cuda", "mps", "cpu"}:
+            raise ValueError("must be auto, cuda, cuda:N, mps or cpu")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes_consistent(self) -> Settings:
+        if self.min_size > self.max_size:
+            raise ValueError("SDBOT_MIN_SIZE must not exceed SDBOT_MAX_SIZE")
+        return self
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message names the variables to fix."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's error report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = ENV_PREFIX + str(item["loc"][0]).upper() if item["loc"] else "settings"
+            problems.append(f"{name}: {item['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
