@@ -13,7 +13,9 @@ ENV_PREFIX = "SDBOT_"
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        # `SDBOT_X=` (as in .env.example) means "use the default", not an empty value.
+        env_ignore_empty=True,
     )
 
     # Discord

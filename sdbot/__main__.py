@@ -1,0 +1,5 @@
+import sys
+
+from sdbot.cli import main
+
+sys.exit(main())

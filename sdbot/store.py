@@ -1,0 +1,501 @@
+"""The SQLite store: the only place that writes SQL.
+
+One aiosqlite connection in autocommit mode, WAL journal and foreign keys on. Every write runs in
+an explicit `BEGIN IMMEDIATE` transaction under an asyncio lock, because many tasks share the one
+connection and their statements must not interleave inside each other's transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from pydantic import BaseModel
+
+from generation.types import GenerationParams, JobKind, JobStatus, PipelineKind
+from sdbot.migrate import apply_migrations, schema_version
+
+
+class QuotaExceeded(Exception):
+    """The member has no images left today; nothing was charged or stored."""
+
+    def __init__(self, limit: int, used: int, requested: int, resets_at: float) -> None:
+        self.limit, self.used, self.requested, self.resets_at = limit, used, requested, resets_at
+        super().__init__(
+            f"daily quota reached: {used} of {limit} images used today, {requested} requested"
+        )
+
+
+class NewJob(BaseModel):
+    """A job as the bot submits it, before it has an id."""
+
+    kind: JobKind
+    guild_id: int
+    channel_id: int
+    user_id: int
+    params: GenerationParams
+    model_id: str
+    source_job_id: int | None = None
+    source_index: int | None = None
+    source_path: str | None = None
+    application_id: int | None = None
+    interaction_token: str | None = None
+
+
+class JobRow(BaseModel):
+    id: int
+    kind: JobKind
+    guild_id: int
+    channel_id: int
+    user_id: int
+    pipeline: PipelineKind
+    prompt: str
+    negative_prompt: str
+    seeds: list[int]
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    strength: float | None
+    scheduler: str | None
+    model_id: str
+    model_revision: str | None
+    source_job_id: int | None
+    source_index: int | None
+    source_path: str | None
+    return_flagged: bool
+    status: JobStatus
+    status_reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    application_id: int | None
+    interaction_token: str | None
+    response_message_id: int | None
+    result_message_id: int | None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
+
+    def params(self, source_image: bytes | None = None) -> GenerationParams:
+        """The engine parameters; the source picture is read from disk by the caller."""
+        return GenerationParams(
+            pipeline=self.pipeline,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seeds=tuple(self.seeds),
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            strength=self.strength,
+            source_image=source_image,
+            return_flagged=self.return_flagged,
+        )
+
+
+class ImageRow(BaseModel):
+    job_id: int
+    idx: int
+    seed: int
+    width: int
+    height: int
+    path: str | None
+    format: str | None
+    flagged: bool
+    nsfw_score: float | None
+    record: dict[str, Any]
+
+
+class QuotaStatus(BaseModel):
+    limit: int | None  # None: unlimited
+    used: int
+    is_override: bool
+    resets_at: float
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+
+class AuditEntry(BaseModel):
+    id: int
+    guild_id: int
+    moderator_id: int
+    action: str
+    target_user_id: int | None
+    details: dict[str, Any]
+    created_at: float
+
+
+def day_start(now: float) -> float:
+    """00:00 UTC of the day `now` falls in: quotas count images per UTC day."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection, default_daily_quota: int) -> None:
+        self._db = db
+        self._write_lock = asyncio.Lock()
+        self.default_daily_quota = default_daily_quota
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, default_daily_quota: int = 50, migrations_dir: Path | None = None
+    ) -> Store:
+        """Open (creating folders and the file if needed) and bring the schema up to date."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await apply_migrations(db, migrations_dir)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, default_daily_quota)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def schema_version(self) -> int:
+        return await schema_version(self._db)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        async with self._db.execute(sql, args) as cursor:
+            return await cursor.fetchone()
+
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> Iterable[aiosqlite.Row]:
+        async with self._db.execute(sql, args) as cursor:
+            return await cursor.fetchall()
+
+    # Jobs
+
+    async def create_job(self, job: NewJob, *, now: float | None = None) -> JobRow:
+        """Store a queued job and charge its images to the member's quota, atomically.
+
+        Raises QuotaExceeded (and stores nothing) when the images do not fit today's quota.
+        """
+        now = time.time() if now is None else now
+        params = job.params
+        async with self._transaction() as db:
+            quota = await self._quota(job.guild_id, job.user_id, now)
+            if quota.limit is not None and quota.used + params.image_count > quota.limit:
+                raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
+            cursor = await db.execute(
+                """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
+                       negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
+                       source_job_id, source_index, source_path, return_flagged, created_at,
+                       application_id, interaction_token)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    job.kind, params.pipeline, job.guild_id, job.channel_id, job.user_id,
+                    params.prompt, params.negative_prompt, json.dumps(list(params.seeds)),
+                    params.steps, params.guidance, params.width, params.height, params.strength,
+                    job.model_id, job.source_job_id, job.source_index, job.source_path,
+                    params.return_flagged, now, job.application_id, job.interaction_token,
+                ),
+            )
+            job_id = cursor.lastrowid
+            await db.execute(
+                "INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)"
+                " VALUES (?, ?, ?, ?, 'charge', ?)",
+                (job.guild_id, job.user_id, job_id, params.image_count, now),
+            )
+        created = await self.get_job(int(job_id))  # type: ignore[arg-type]
+        assert created is not None
+        return created
+
+    async def get_job(self, job_id: int, *, guild_id: int | None = None) -> JobRow | None:
+        """A job by id; with `guild_id`, only if it was made in that guild."""
+        row = await self._fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None or (guild_id is not None and row["guild_id"] != guild_id):
+            return None
+        return _job(row)
+
+    async def jobs_with_status(self, *statuses: JobStatus) -> list[JobRow]:
+        """Jobs in any of the given states, oldest first (the order they were accepted in)."""
+        marks = ", ".join("?" for _ in statuses)
+        rows = await self._fetchall(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY id", statuses
+        )
+        return [_job(row) for row in rows]
+
+    async def recent_jobs(self, guild_id: int, user_id: int, limit: int = 10) -> list[JobRow]:
+        rows = await self._fetchall(
+            "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, user_id, limit),
+        )
+        return [_job(row) for row in rows]
+
+    async def mark_running(self, job_ids: Sequence[int], *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+                [(now, job_id) for job_id in job_ids],
+            )
+
+    async def requeue(self, job_ids: Sequence[int]) -> None:
+        """Put running jobs back to queued (shutdown, or a worker that died)."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE jobs SET status = 'queued', started_at = NULL WHERE id = ? AND status = 'running'",
+                [(job_id,) for job_id in job_ids],
+            )
+
+    async def finish_job(
+        self,
+        job_id: int,
+        images: Sequence[ImageRow],
+        *,
+        scheduler: str | None = None,
+        model_revision: str | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Record the images and mark the job done; False if it had already ended (cancelled)."""
+        now = time.time() if now is None else now
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                """UPDATE jobs SET status = 'done', finished_at = ?, status_reason = NULL,
+                       scheduler = COALESCE(?, scheduler), model_revision = COALESCE(?, model_revision)
+                   WHERE id = ? AND status IN ('queued', 'running')""",
+                (now, scheduler, model_revision, job_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            await db.executemany(
+                """INSERT OR REPLACE INTO images (job_id, idx, seed, width, height, path, format,
+                       flagged, nsfw_score, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    (job_id, i.idx, i.seed, i.width, i.height, i.path, i.format, i.flagged,
+                     i.nsfw_score, json.dumps(i.record))
+                    for i in images
+                ],
+            )
+        return True
+
+    async def fail_job(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
+        return await self._end_unfinished(job_id, JobStatus.FAILED, reason, now)
+
+    async def cancel_job(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
+        return await self._end_unfinished(job_id, JobStatus.CANCELLED, reason, now)
+
+    async def _end_unfinished(
+        self, job_id: int, status: JobStatus, reason: str, now: float | None
+    ) -> bool:
+        """End a queued or running job and refund its charge; False if it had already ended."""
+        now = time.time() if now is None else now
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                """UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?
+                   WHERE id = ? AND status IN ('queued', 'running')""",
+                (status, reason, now, job_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            # Refund what this job was charged, in the ledger, on the day of the refund.
+            await db.execute(
+                """INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)
+                   SELECT guild_id, user_id, job_id, -SUM(images), 'refund', ?
+                   FROM usage_ledger WHERE job_id = ? GROUP BY guild_id, user_id, job_id
+                   HAVING SUM(images) > 0""",
+                (now, job_id),
+            )
+        return True
+
+    async def set_message_ids(
+        self,
+        job_id: int,
+        *,
+        response_message_id: int | None = None,
+        result_message_id: int | None = None,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """UPDATE jobs SET response_message_id = COALESCE(?, response_message_id),
+                       result_message_id = COALESCE(?, result_message_id) WHERE id = ?""",
+                (response_message_id, result_message_id, job_id),
+            )
+
+    async def images(self, job_id: int) -> list[ImageRow]:
+        rows = await self._fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [
+            ImageRow(**{**dict(row), "flagged": bool(row["flagged"]), "record": json.loads(row["record"])})
+            for row in rows
+        ]
+
+    async def set_image_path(self, job_id: int, idx: int, path: str) -> None:
+        """A regenerated file replaces a missing one."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE images SET path = ? WHERE job_id = ? AND idx = ?", (path, job_id, idx)
+            )
+
+    # Quotas
+
+    async def quota(self, guild_id: int, user_id: int, *, now: float | None = None) -> QuotaStatus:
+        return await self._quota(guild_id, user_id, time.time() if now is None else now)
+
+    async def _quota(self, guild_id: int, user_id: int, now: float) -> QuotaStatus:
+        start = day_start(now)
+        row = await self._fetchone(
+            """SELECT
+                 (SELECT COALESCE(SUM(images), 0) FROM usage_ledger
+                   WHERE guild_id = ?1 AND user_id = ?2 AND created_at >= ?3) AS used,
+                 (SELECT COUNT(*) FROM quota_overrides WHERE guild_id = ?1 AND user_id = ?2)
+                   AS has_override,
+                 (SELECT images_per_day FROM quota_overrides WHERE guild_id = ?1 AND user_id = ?2)
+                   AS override_limit,
+                 (SELECT COUNT(*) FROM guild_settings
+                   WHERE guild_id = ?1 AND images_per_day IS NOT NULL) AS has_default,
+                 (SELECT images_per_day FROM guild_settings WHERE guild_id = ?1) AS guild_limit""",
+            (guild_id, user_id, start),
+        )
+        assert row is not None
+        if row["has_override"]:
+            limit = row["override_limit"]
+        elif row["has_default"]:
+            limit = row["guild_limit"]
+        else:
+            limit = self.default_daily_quota
+        return QuotaStatus(
+            limit=limit,
+            used=max(0, int(row["used"])),
+            is_override=bool(row["has_override"]),
+            resets_at=start + 86400,
+        )
+
+    async def guild_default_quota(self, guild_id: int) -> int:
+        row = await self._fetchone(
+            "SELECT images_per_day FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        )
+        if row is None or row["images_per_day"] is None:
+            return self.default_daily_quota
+        return int(row["images_per_day"])
+
+    async def set_user_quota(
+        self, guild_id: int, moderator_id: int, user_id: int, images_per_day: int | None
+    ) -> None:
+        """Override one member's daily quota (None: unlimited), audited."""
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO quota_overrides (guild_id, user_id, images_per_day) VALUES (?, ?, ?)
+                   ON CONFLICT (guild_id, user_id) DO UPDATE SET images_per_day = excluded.images_per_day""",
+                (guild_id, user_id, images_per_day),
+            )
+            await self._audit(db, guild_id, moderator_id, "quota.set", user_id,
+                              {"images_per_day": images_per_day})
+
+    async def reset_user_quota(
+        self, guild_id: int, moderator_id: int, user_id: int, *, now: float | None = None
+    ) -> int:
+        """Drop a member's override and clear today's usage; returns the images given back."""
+        now = time.time() if now is None else now
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM quota_overrides WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+            )
+            used = max(0, (await self._quota(guild_id, user_id, now)).used)
+            if used:
+                await db.execute(
+                    """INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)
+                       VALUES (?, ?, NULL, ?, 'reset', ?)""",
+                    (guild_id, user_id, -used, now),
+                )
+            await self._audit(db, guild_id, moderator_id, "quota.reset", user_id,
+                              {"usage_cleared": used})
+        return used
+
+    async def set_guild_default_quota(
+        self, guild_id: int, moderator_id: int, images_per_day: int
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO guild_settings (guild_id, images_per_day) VALUES (?, ?)
+                   ON CONFLICT (guild_id) DO UPDATE SET images_per_day = excluded.images_per_day""",
+                (guild_id, images_per_day),
+            )
+            await self._audit(db, guild_id, moderator_id, "quota.default", None,
+                              {"images_per_day": images_per_day})
+
+    # Guild safety setting
+
+    async def nsfw_spoilers_allowed(self, guild_id: int) -> bool:
+        row = await self._fetchone(
+            "SELECT allow_nsfw_spoilers FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        )
+        return bool(row and row["allow_nsfw_spoilers"])
+
+    async def set_nsfw_spoilers(self, guild_id: int, moderator_id: int, allowed: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO guild_settings (guild_id, allow_nsfw_spoilers) VALUES (?, ?)
+                   ON CONFLICT (guild_id) DO UPDATE SET allow_nsfw_spoilers = excluded.allow_nsfw_spoilers""",
+                (guild_id, allowed),
+            )
+            await self._audit(db, guild_id, moderator_id, "nsfw.spoilers", None, {"allowed": allowed})
+
+    # Audit log
+
+    async def audit(
+        self,
+        guild_id: int,
+        moderator_id: int,
+        action: str,
+        target_user_id: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a moderator action that has no write of its own (cancelling a job, say)."""
+        async with self._transaction() as db:
+            await self._audit(db, guild_id, moderator_id, action, target_user_id, details or {})
+
+    async def _audit(
+        self,
+        db: aiosqlite.Connection,
+        guild_id: int,
+        moderator_id: int,
+        action: str,
+        target_user_id: int | None,
+        details: dict[str, Any],
+    ) -> None:
+        await db.execute(
+            """INSERT INTO audit_log (guild_id, moderator_id, action, target_user_id, details,
+                   created_at) VALUES (?, ?, ?, ?, ?, ?)""",
+            (guild_id, moderator_id, action, target_user_id, json.dumps(details), time.time()),
+        )
+
+    async def audit_entries(self, guild_id: int, limit: int = 20) -> list[AuditEntry]:
+        rows = await self._fetchall(
+            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
+        )
+        return [AuditEntry(**{**dict(row), "details": json.loads(row["details"])}) for row in rows]
+
+
+def _job(row: aiosqlite.Row) -> JobRow:
+    values = dict(row)
+    values["seeds"] = json.loads(values["seeds"])
+    values["return_flagged"] = bool(values["return_flagged"])
+    return JobRow(**values)
