@@ -1,0 +1,99 @@
+"""The thin client: holds the services, loads one extension per feature, syncs commands."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import discord
+from discord.ext import commands
+
+from bot.delivery import Delivery
+from bot.errors import CommandTree
+from bot.views import JobButton
+from generation.runners import BatchRunner
+from generation.scheduler import JobScheduler
+from generation.types import GenerationParams
+from sdbot.settings import Settings
+from sdbot.store import Store
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (
+    "bot.exts.imagine",
+    "bot.exts.variations",
+    "bot.exts.upscale",
+    "bot.exts.reroll",
+    "bot.exts.jobs",
+    "bot.exts.queue",
+    "bot.exts.quota",
+    "bot.exts.safety",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the Discord layer needs to know about the loaded model."""
+
+    model_id: str
+    native_size: int
+    # Raises generation.errors.InvalidRequest for parameters the engine would refuse.
+    validate: Callable[[GenerationParams], None]
+
+
+class SDBot(commands.Bot):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        runners: list[BatchRunner],
+        model: ModelInfo,
+        **options: object,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels (age-restricted flag) and roles for permission checks
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=CommandTree,
+            allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False),
+            **options,  # type: ignore[arg-type]
+        )
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.validate = model.validate
+        self._runners = runners
+        # Created in setup_hook, once the loop runs.
+        self.scheduler: JobScheduler
+        self.delivery: Delivery
+
+    async def setup_hook(self) -> None:
+        self.delivery = Delivery(self)
+        self.scheduler = JobScheduler(self.settings, self.store, self._runners, self.delivery)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(JobButton)
+        await self._sync_commands()
+        # Recovers jobs left queued or running by the last run, then starts the workers.
+        await self.scheduler.start()
+
+    async def _sync_commands(self) -> None:
+        if self.settings.dev_guild_ids:
+            for guild_id in self.settings.dev_guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+            log.info("slash commands synced to guilds %s", self.settings.dev_guild_ids)
+        else:
+            await self.tree.sync()
+            log.info("slash commands synced globally (they may take a while to appear)")
+
+    async def close(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            await scheduler.stop()
+        await super().close()
+

@@ -1,0 +1,61 @@
+"""/imagine: text to images."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import SDBot
+from bot.submission import ASPECTS, random_seeds, size_for, submit
+from generation.types import MAX_SEED, GenerationParams, JobKind, PipelineKind
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: SDBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(description="Make images from a text prompt")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to keep out of the picture",
+        seed="Seed of the first image (same seed and settings, same picture)",
+        count="How many images (1-4)",
+        steps="Denoising steps (more is slower, sometimes better)",
+        guidance="How closely to follow the prompt (CFG scale; 0 for turbo models)",
+        aspect="Shape of the images",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1000],
+        negative: app_commands.Range[str, 0, 1000] = "",
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        steps: app_commands.Range[int, 1, 500] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        aspect: str = "1:1",
+    ) -> None:
+        settings = self.bot.settings
+        width, height = size_for(
+            aspect, self.bot.model.native_size, min_size=settings.min_size, max_size=settings.max_size
+        )
+        params = GenerationParams(
+            pipeline=PipelineKind.TEXT2IMG,
+            prompt=prompt.strip(),
+            negative_prompt=negative.strip(),
+            seeds=random_seeds(count or settings.max_count, seed),
+            steps=steps or settings.default_steps,
+            guidance=settings.default_guidance if guidance is None else guidance,
+            width=width,
+            height=height,
+        )
+        await submit(interaction, kind=JobKind.IMAGINE, params=params)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Imagine(cast(SDBot, bot)))

@@ -1,0 +1,76 @@
+"""/variations: new images that stay close to one image of a job, or to an uploaded picture."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.attachments import save_upload
+from bot.client import SDBot
+from bot.errors import UserError
+from bot.submission import DEFAULT_STRENGTH, find_image, fit, random_seeds, submit, submit_variations
+from generation.types import GenerationParams, JobKind, PipelineKind
+
+
+class Variations(commands.Cog):
+    def __init__(self, bot: SDBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(description="Variations of an image: give a job and image number, or upload one")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        job="Job id (from the result or /history)",
+        index="Which image of the job (1-4)",
+        image="Or upload a picture (then a prompt is needed)",
+        prompt="Prompt for the variations (default: the job's prompt)",
+        strength="How far to move away from the image (0.1 subtle - 1.0 new picture; default 0.6)",
+        count="How many images (1-4)",
+    )
+    async def variations(
+        self,
+        interaction: discord.Interaction,
+        job: app_commands.Range[int, 1] | None = None,
+        index: app_commands.Range[int, 1, 4] | None = None,
+        image: discord.Attachment | None = None,
+        prompt: app_commands.Range[str, 1, 1000] | None = None,
+        strength: app_commands.Range[float, 0.1, 1.0] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        if (job is None) == (image is None):
+            raise UserError("Give either `job` and `index` (an image made here) or `image` (an upload).")
+        if job is not None:
+            if index is None:
+                raise UserError(f"Which image of job #{job}? Add `index` (1-4).")
+            source_job, source, path = await find_image(interaction, job, index)
+            await submit_variations(
+                interaction, source_job, source, path, prompt=prompt, strength=strength, count=count
+            )
+            return
+        assert image is not None
+        if not prompt:
+            raise UserError("Describe the uploaded picture with `prompt` so the variations know what to keep.")
+        settings = self.bot.settings
+        path, width, height = await save_upload(
+            image, max_pixels=settings.max_upload_pixels, folder=settings.output_dir / "uploads"
+        )
+        native = self.bot.model.native_size
+        target_w, target_h = fit(native * native, width / height, min_size=settings.min_size,
+                                 max_size=settings.max_size)
+        params = GenerationParams(
+            pipeline=PipelineKind.IMG2IMG,
+            prompt=prompt.strip(),
+            seeds=random_seeds(count or settings.max_count),
+            steps=settings.default_steps,
+            guidance=settings.default_guidance,
+            width=target_w,
+            height=target_h,
+            strength=DEFAULT_STRENGTH if strength is None else strength,
+        )
+        await submit(interaction, kind=JobKind.VARIATION, params=params, source_path=path)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Variations(cast(SDBot, bot)))

@@ -1,0 +1,127 @@
+"""What the bot's messages say: queue status, progress, results and job records."""
+
+from __future__ import annotations
+
+import discord
+
+from generation.types import JobKind, JobStatus
+from sdbot.store import ImageRow, JobRow
+
+EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
+_KIND_VERB = {
+    JobKind.IMAGINE: "Imagine",
+    JobKind.VARIATION: "Variations",
+    JobKind.UPSCALE: "Upscale",
+    JobKind.REROLL: "Reroll",
+}
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(job: JobRow) -> str:
+    """`Imagine #12 “a cat in a hat”`: how a job is named in every message."""
+    subject = f" “{clip(job.prompt, 80)}”" if job.prompt else ""
+    return f"{_KIND_VERB[job.kind]} #{job.id}{subject}"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def queued_text(job: JobRow, position: int | None, eta_s: float | None) -> str:
+    if position is None:
+        return f"⏳ {describe(job)} is starting…"
+    place = "next in line" if position <= 1 else f"position {position} in the queue"
+    eta = f", about {duration(eta_s)}" if eta_s is not None else ""
+    return f"⏳ {describe(job)} is queued: {place}{eta}."
+
+
+def progress_text(job: JobRow, step: int, total: int) -> str:
+    filled = round(10 * step / total) if total else 0
+    bar = "▰" * filled + "▱" * (10 - filled)
+    return f"🎨 {describe(job)}: generating {bar} step {step}/{total}"
+
+
+def ended_text(job: JobRow) -> str:
+    """Failed or cancelled: what happened and that nothing was charged."""
+    images = f"{job.image_count} image{'s' if job.image_count != 1 else ''}"
+    if job.status == JobStatus.CANCELLED:
+        return f"🛑 {describe(job)} was cancelled ({job.status_reason}). Your {images} were refunded."
+    return (
+        f"⚠️ {describe(job)} failed: {job.status_reason}. Your {images} were refunded; "
+        f"use `/reroll job:{job.id}` to try again."
+    )
+
+
+def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) -> discord.Embed:
+    embed = discord.Embed(
+        title=clip(describe(job), 256),
+        description=clip(job.prompt, 4000) if job.prompt else None,
+        colour=EMBED_COLOUR,
+    )
+    if job.negative_prompt:
+        embed.add_field(name="Negative prompt", value=clip(job.negative_prompt, 1024), inline=False)
+    seeds = ", ".join(f"{image.idx + 1}: `{image.seed}`" for image in images + withheld)
+    embed.add_field(name="Seeds", value=clip(seeds, 1024), inline=False)
+    embed.add_field(name="Size", value=f"{images[0].width}×{images[0].height}" if images else f"{job.width}×{job.height}")
+    embed.add_field(name="Steps", value=str(job.steps))
+    embed.add_field(name="Guidance", value=f"{job.guidance:g}")
+    if job.strength is not None:
+        embed.add_field(name="Strength", value=f"{job.strength:g}")
+    if job.source_job_id is not None:
+        embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
+    embed.add_field(name="Model", value=clip(job.model_id, 1024))
+    if job.started_at and job.finished_at:
+        embed.add_field(name="Time", value=f"{job.finished_at - job.started_at:.1f} s")
+    if withheld:
+        numbers = ", ".join(str(image.idx + 1) for image in withheld)
+        embed.add_field(
+            name="Withheld",
+            value=f"Image {numbers} was flagged by the safety checker and is not shown.",
+            inline=False,
+        )
+    embed.set_footer(text=f"Job #{job.id} · /job id:{job.id} shows how to reproduce it")
+    return embed
+
+
+def record_embed(job: JobRow, images: list[ImageRow]) -> discord.Embed:
+    """The full reproducibility record of a job, for /job."""
+    embed = discord.Embed(title=clip(describe(job), 256), colour=EMBED_COLOUR)
+    embed.description = clip(job.prompt, 2000) if job.prompt else None
+    status = job.status.value + (f" ({job.status_reason})" if job.status_reason else "")
+    embed.add_field(name="Status", value=clip(status, 1024))
+    embed.add_field(name="By", value=f"<@{job.user_id}>")
+    embed.add_field(name="Created", value=f"<t:{int(job.created_at)}:f>")
+    if job.negative_prompt:
+        embed.add_field(name="Negative prompt", value=clip(job.negative_prompt, 1024), inline=False)
+    params = f"steps {job.steps} · guidance {job.guidance:g} · {job.width}×{job.height}"
+    if job.strength is not None:
+        params += f" · strength {job.strength:g}"
+    embed.add_field(name="Parameters", value=params, inline=False)
+    seeds = images or []
+    seed_text = ", ".join(f"{i.idx + 1}: `{i.seed}`" + (" (flagged)" if i.flagged else "") for i in seeds)
+    embed.add_field(
+        name="Seeds", value=clip(seed_text or ", ".join(f"`{s}`" for s in job.seeds), 1024), inline=False
+    )
+    record = images[0].record if images else {}
+    model = f"{job.model_id} @ {job.model_revision or record.get('model_revision', '?')}"
+    embed.add_field(name="Model", value=clip(model, 1024), inline=False)
+    if record:
+        embed.add_field(name="Scheduler", value=str(record.get("scheduler", "?")))
+        embed.add_field(name="Device", value=f"{record.get('device', '?')} · {record.get('dtype', '?')}")
+        versions = record.get("versions", {})
+        embed.add_field(
+            name="Versions",
+            value=clip(" · ".join(f"{name} {version}" for name, version in versions.items()), 1024),
+            inline=False,
+        )
+    if job.source_job_id is not None:
+        embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
+    if images:
+        embed.set_footer(
+            text=f"/reroll job:{job.id} seed:{images[0].seed} reproduces image 1"
+        )
+    return embed
