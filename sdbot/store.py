@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -174,14 +175,23 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        # aiosqlite runs statements in order on its own thread, and a cancelled await does not stop
+        # a statement already handed over: so on any exit path the closing statement is queued
+        # (shielded) behind everything this transaction sent, and the next BEGIN comes after it.
         async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await asyncio.shield(self._rollback())
                 raise
-            await self._db.execute("COMMIT")
+            await asyncio.shield(self._db.execute("COMMIT"))
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # BEGIN itself failed: there is nothing to roll back
 
     async def _fetchone(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
         async with self._db.execute(sql, args) as cursor:

@@ -14,6 +14,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from sdbot.store import Store  # noqa: E402
+from tests.bot_fixtures import harness  # noqa: E402, F401
+from tests.engine_fixtures import flagging_engine, tiny_engine, tiny_models  # noqa: E402, F401
+from tests.fake_discord.fixtures import fake_discord  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True)

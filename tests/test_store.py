@@ -149,3 +149,14 @@ async def test_requeue_and_recovery_order(store: Store) -> None:
     waiting = await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
     assert [job.id for job in waiting] == [job.id for job in jobs]
     assert all(job.status == JobStatus.QUEUED for job in waiting)
+
+
+async def test_cancelled_writers_leave_no_open_transaction(store: Store) -> None:
+    """A task cancelled in the middle of a write (a worker at shutdown) must not wedge the store."""
+    for delay in (0, 0.0005, 0.001, 0.002, 0.005):
+        task = asyncio.create_task(store.create_job(new_job(images=1)))
+        await asyncio.sleep(delay)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    job = await store.create_job(new_job(user=77, images=1))
+    assert await store.cancel_job(job.id, "still writable")

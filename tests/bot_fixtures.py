@@ -1,0 +1,71 @@
+"""The product bot, built by the production `build_bot` around tiny models and a temporary database,
+running against the loopback fake Discord."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import build_bot
+from bot.client import SDBot
+from generation.engine import DiffusionEngine
+from generation.test_models import TestModelPaths
+from sdbot.settings import Settings
+from sdbot.store import Store
+from tests.fake_discord.client_api import FakeDiscord
+from tests.fake_discord.fixtures import run_client
+
+
+class BotHarness:
+    """Starts, stops and restarts the bot; the fake Discord and the database outlive restarts."""
+
+    def __init__(self, fake: FakeDiscord, settings: Settings, engine: DiffusionEngine) -> None:
+        self.fake, self.settings, self.engine = fake, settings, engine
+        self.store: Store | None = None
+        self.bot: SDBot | None = None
+        self._running: contextlib.AsyncExitStack | None = None
+
+    async def start(self, engine: DiffusionEngine | None = None) -> SDBot:
+        stack = contextlib.AsyncExitStack()
+        self.store = await Store.open(
+            self.settings.database_path, default_daily_quota=self.settings.default_daily_quota
+        )
+        stack.push_async_callback(self.store.close)
+        self.bot = build_bot(self.settings, self.store, engine or self.engine)
+        await stack.enter_async_context(run_client(self.fake, self.bot))
+        self._running = stack
+        return self.bot
+
+    async def stop(self) -> None:
+        if self._running is not None:
+            await self._running.aclose()
+            self._running = None
+
+    async def restart(self, engine: DiffusionEngine | None = None) -> SDBot:
+        await self.stop()
+        return await self.start(engine)
+
+
+def bot_settings(models: TestModelPaths, tmp_path: Path, fake: FakeDiscord, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_path": tmp_path / "data" / "sdbot.sqlite3",
+        "output_dir": tmp_path / "data" / "images",
+        "dev_guild_ids": [fake.guild.id],
+        "default_steps": 2,
+        "progress_interval_s": 0.2,
+    }
+    return models.settings(**(values | overrides))
+
+
+@pytest.fixture
+async def harness(
+    fake_discord: FakeDiscord, tiny_models: TestModelPaths, tiny_engine: DiffusionEngine, tmp_path: Path
+) -> AsyncIterator[BotHarness]:
+    running = BotHarness(fake_discord, bot_settings(tiny_models, tmp_path, fake_discord), tiny_engine)
+    await running.start()
+    yield running
+    await running.stop()
