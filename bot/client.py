@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +68,8 @@ class SDBot(commands.Bot):
         self.model = model
         self.validate = model.validate
         self._runners = runners
+        # Serialises each member's submissions (see bot.submission.submit).
+        self.member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         # Created in setup_hook, once the loop runs.
         self.scheduler: JobScheduler
         self.delivery: Delivery

@@ -28,7 +28,8 @@ def explain(error: BaseException) -> str | None:
             "if you need more."
         )
     if isinstance(error, UserError | GenerationError):
-        return str(error)
+        text = str(error)  # the engine and queue write sentence fragments: make them sentences
+        return text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")
     if isinstance(error, app_commands.MissingPermissions):
         return "Only moderators with the Manage Server permission can do that."
     if isinstance(error, app_commands.NoPrivateMessage):

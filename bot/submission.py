@@ -92,44 +92,58 @@ async def submit(
     )
     bot.validate(params)
     flow = (interaction.guild_id, interaction.user.id)
-    bot.scheduler.check_can_submit(flow)
-    quota = await bot.store.quota(*flow)
-    if quota.limit is not None and quota.used + params.image_count > quota.limit:
-        raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
-
-    await interaction.response.defer(thinking=True)
-    token = interaction.token
-    bot.delivery.hold(token)
-    try:
+    # One member's requests are checked and queued one at a time, so a burst of commands sees the
+    # jobs queued just before it and is refused up front rather than after the reply started.
+    async with bot.member_locks[flow]:
+        bot.scheduler.check_can_submit(flow)
+        quota = await bot.store.quota(*flow)
+        if quota.limit is not None and quota.used + params.image_count > quota.limit:
+            raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
+        await interaction.response.defer(thinking=True)
+        token = interaction.token
+        bot.delivery.hold(token)
         try:
-            receipt = await bot.scheduler.submit(
-                NewJob(
-                    kind=kind,
-                    guild_id=interaction.guild_id,
-                    channel_id=interaction.channel_id or 0,
-                    user_id=interaction.user.id,
-                    params=params,
-                    model_id=bot.model.model_id,
-                    source_job_id=source.job_id if source else None,
-                    source_index=source.idx if source else None,
-                    source_path=str(source_path) if source_path else None,
-                    application_id=interaction.application_id,
-                    interaction_token=token,
-                )
+            return await _queue(interaction, bot, kind, params, source, source_path)
+        finally:
+            bot.delivery.release(token)
+
+
+async def _queue(
+    interaction: discord.Interaction,
+    bot: SDBot,
+    kind: JobKind,
+    params: GenerationParams,
+    source: ImageRow | None,
+    source_path: Path | None,
+) -> JobRow | None:
+    assert interaction.guild_id is not None
+    try:
+        receipt = await bot.scheduler.submit(
+            NewJob(
+                kind=kind,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+                user_id=interaction.user.id,
+                params=params,
+                model_id=bot.model.model_id,
+                source_job_id=source.job_id if source else None,
+                source_index=source.idx if source else None,
+                source_path=str(source_path) if source_path else None,
+                application_id=interaction.application_id,
+                interaction_token=interaction.token,
             )
-        except (QueueRefused, QuotaExceeded) as error:
-            # Lost a race with another request since the checks above: still nothing charged.
-            await interaction.delete_original_response()
-            await interaction.followup.send(explain(error) or str(error), ephemeral=True)
-            return None
-        message = await interaction.edit_original_response(
-            content=render.queued_text(receipt.job, receipt.position, receipt.eta_s),
-            view=queued_view(receipt.job.id),
         )
-        await bot.store.set_message_ids(receipt.job.id, response_message_id=message.id)
-        return receipt.job
-    finally:
-        bot.delivery.release(token)
+    except (QueueRefused, QuotaExceeded) as error:
+        # The queue filled up with other members' jobs since the check: still nothing charged.
+        await interaction.delete_original_response()
+        await interaction.followup.send(explain(error) or str(error), ephemeral=True)
+        return None
+    message = await interaction.edit_original_response(
+        content=render.queued_text(receipt.job, receipt.position, receipt.eta_s),
+        view=queued_view(receipt.job.id),
+    )
+    await bot.store.set_message_ids(receipt.job.id, response_message_id=message.id)
+    return receipt.job
 
 
 async def find_job(interaction: discord.Interaction, job_id: int) -> JobRow:
