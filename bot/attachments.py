@@ -54,7 +54,11 @@ def _normalise(data: bytes, filename: str, max_pixels: int, folder: Path) -> tup
                 )
             image.load()
             picture = image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
+    except Image.DecompressionBombError as error:
+        raise UserError(
+            f"`{filename}` has far more pixels than the limit of {max_pixels:,}; scale it down and try again."
+        ) from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise UserError(f"`{filename}` could not be read as a picture; upload a PNG, JPEG or WebP image.") from error
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.png"

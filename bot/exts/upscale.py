@@ -50,9 +50,9 @@ class Upscale(commands.Cog):
             seeds=random_seeds(1),
             steps=UPSCALE_STEPS,
             guidance=0.0,
-            # The source size, down to a multiple of 8 (the engine resizes and says so); output is x2.
-            width=max(8, width // 8 * 8),
-            height=max(8, height // 8 * 8),
+            # The source size, down to a multiple of 64 (the engine resizes and says so); output is x2.
+            width=max(64, width // 64 * 64),
+            height=max(64, height // 64 * 64),
         )
         await submit(interaction, kind=JobKind.UPSCALE, params=params, source_path=path)
 

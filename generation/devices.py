@@ -1,0 +1,50 @@
+"""Which torch device and dtype the engine runs on, and how that device reports running out of memory."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from generation.errors import ModelLoadError
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"SDBOT_DEVICE={setting!r}, but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"SDBOT_DEVICE={setting!r}, but torch sees only {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"SDBOT_DEVICE={setting!r}, but MPS is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def dtype_for(device: torch.device) -> torch.dtype:
+    """Half precision on accelerators (half the memory, tensor cores); CPUs are fastest in fp32."""
+    return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises its own error type; MPS raises a RuntimeError whose message says so."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    """Return cached blocks to the driver so the next, smaller batch can fit."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
