@@ -31,12 +31,13 @@ def duration(seconds: float) -> str:
     return f"{seconds} s" if seconds < 90 else f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def queued_text(job: JobRow, position: int | None, eta_s: float | None) -> str:
-    if position is None:
-        return f"⏳ {describe(job)} is starting…"
-    place = "next in line" if position <= 1 else f"position {position} in the queue"
-    eta = f", about {duration(eta_s)}" if eta_s is not None else ""
-    return f"⏳ {describe(job)} is queued: {place}{eta}."
+def place_in_line(ahead: int) -> str:
+    """The scheduler counts the jobs ahead; people count from 1."""
+    return "next in line" if ahead == 0 else f"position {ahead + 1} in the queue"
+
+
+def queued_text(job: JobRow, ahead: int, eta_s: float) -> str:
+    return f"⏳ {describe(job)} is queued: {place_in_line(ahead)}, ready in about {duration(eta_s)}."
 
 
 def progress_text(job: JobRow, step: int, total: int) -> str:

@@ -4,6 +4,7 @@ running against the loopback fake Discord."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,23 @@ from tests.fake_discord.client_api import FakeDiscord
 from tests.fake_discord.fixtures import run_client
 
 
+class SlowedEngine:
+    """The real tiny engine, with each denoising step stretched, so tests can act mid-generation."""
+
+    def __init__(self, engine: DiffusionEngine, step_s: float) -> None:
+        self._engine, self.step_s = engine, step_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def run_batch(self, batch: Any, on_step: Any, should_stop: Any) -> Any:
+        def slow_step(step: int, total: int) -> None:
+            time.sleep(self.step_s)
+            on_step(step, total)
+
+        return self._engine.run_batch(batch, slow_step, should_stop)
+
+
 class BotHarness:
     """Starts, stops and restarts the bot; the fake Discord and the database outlive restarts."""
 
@@ -29,13 +47,13 @@ class BotHarness:
         self.bot: SDBot | None = None
         self._running: contextlib.AsyncExitStack | None = None
 
-    async def start(self, engine: DiffusionEngine | None = None) -> SDBot:
+    async def start(self, engine: DiffusionEngine | SlowedEngine | None = None) -> SDBot:
         stack = contextlib.AsyncExitStack()
         self.store = await Store.open(
             self.settings.database_path, default_daily_quota=self.settings.default_daily_quota
         )
         stack.push_async_callback(self.store.close)
-        self.bot = build_bot(self.settings, self.store, engine or self.engine)
+        self.bot = build_bot(self.settings, self.store, engine or self.engine)  # type: ignore[arg-type]
         await stack.enter_async_context(run_client(self.fake, self.bot))
         self._running = stack
         return self.bot
@@ -45,7 +63,7 @@ class BotHarness:
             await self._running.aclose()
             self._running = None
 
-    async def restart(self, engine: DiffusionEngine | None = None) -> SDBot:
+    async def restart(self, engine: DiffusionEngine | SlowedEngine | None = None) -> SDBot:
         await self.stop()
         return await self.start(engine)
 

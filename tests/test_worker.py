@@ -143,15 +143,15 @@ async def test_cancel_running_job_stops_between_steps(store: Store, tmp_path: Pa
 async def test_cancelled_job_in_a_continuing_batch_has_its_result_discarded(store: Store, tmp_path: Path) -> None:
     engine = FakeEngine(step_s=0.01)
     async with running_scheduler(store, make_settings(tmp_path), engine, start=False) as (scheduler, listener):
-        keep, drop = [(await scheduler.submit(new_job(user, steps=20))).job.id for user in (1, 2)]
+        keep, drop = [(await scheduler.submit(new_job(user, steps=50))).job.id for user in (1, 2)]
         await scheduler.start()
         await wait_until(lambda: drop in listener.progress)
         assert await scheduler.cancel(drop, "by a moderator")
         await listener.wait_finished(keep, drop)
-    assert engine.steps_run == [20]  # the batch went on for the other job
+    assert engine.steps_run == [50]  # the batch went on for the other job
     assert listener.status(keep) == "done" and listener.status(drop) == "cancelled"
     assert await store.images(drop) == []
-    assert len(listener.progress[keep]) == 20 > len(listener.progress[drop])
+    assert len(listener.progress[keep]) == 50 > len(listener.progress[drop])
 
 
 async def test_timeout_fails_the_batch_and_the_worker_goes_on(store: Store, tmp_path: Path) -> None:

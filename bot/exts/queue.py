@@ -28,9 +28,9 @@ class Queue(commands.Cog):
                 continue
             place = scheduler.position(job.id)
             if place is not None:
-                position, eta_s = place
+                ahead, eta_s = place
                 lines.append(
-                    f"`#{job.id}` position {position}, about {render.duration(eta_s)} · "
+                    f"`#{job.id}` {render.place_in_line(ahead)}, done in about {render.duration(eta_s)} · "
                     f"{render.clip(job.prompt, 60)}"
                 )
         workers = scheduler.workers_up
