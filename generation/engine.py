@@ -54,12 +54,6 @@ MIN_STRENGTH, MAX_STRENGTH = 0.1, 1.0
 VAE_TILING_PIXELS = 1024 * 1024
 _SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 
-BatchKey = tuple[PipelineKind, int, int, int, float, float | None]
-
-
-def batch_key(params: GenerationParams) -> BatchKey:
-    """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-    return (params.pipeline, params.width, params.height, params.steps, params.guidance, params.strength)
 
 
 def effective_steps(steps: int, strength: float) -> int:
@@ -174,7 +168,7 @@ class DiffusionEngine:
             return []
         started = time.perf_counter()
         jobs = [_Job(params, self._checked_source(params)) for params in batch]
-        if len({batch_key(job.params) for job in jobs}) > 1:
+        if len({job.params.batch_key for job in jobs}) > 1:
             raise InvalidRequest("jobs in one batch must share pipeline, size, steps, guidance and strength")
         with self._lock:
             self.load_models()

@@ -22,6 +22,10 @@ class BatchRunner(Protocol):
         `should_stop` may be called from any thread. Raises what the engine raises."""
         ...
 
+    def close(self) -> None:
+        """Release the runner's thread or process once no more batches will come."""
+        ...
+
 
 class LocalRunner:
     """Runs the blocking engine on one dedicated thread, so the event loop stays responsive and

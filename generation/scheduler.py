@@ -29,8 +29,8 @@ class SubmitReceipt:
 
 
 def batch_key(job: JobRow) -> Hashable:
-    """Jobs with equal keys can share one engine call (prompts and seeds may differ)."""
-    return (job.pipeline, job.model_id, job.width, job.height, job.steps, job.guidance, job.strength)
+    """Jobs with equal keys can share one engine call: the same model and pipeline shape."""
+    return (job.model_id, *job.params().batch_key)
 
 
 class JobScheduler:
@@ -42,6 +42,7 @@ class JobScheduler:
         listener: JobListener,
     ) -> None:
         self._store = store
+        self._runners = list(runners)
         self._queue: FairQueue[JobRow] = FairQueue(
             max_per_flow=settings.max_queued_per_user, capacity=settings.queue_capacity
         )
@@ -72,6 +73,8 @@ class JobScheduler:
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Stop the workers; batches still running after `grace_s` go back to queued in the store."""
         await asyncio.gather(*(worker.stop(grace_s) for worker in self._workers))
+        for runner in self._runners:
+            runner.close()
 
     def check_can_submit(self, flow: Flow) -> None:
         """Raise QueueRefused if the member may not queue a job now (check before charging)."""

@@ -66,6 +66,11 @@ class GenerationParams(BaseModel):
     def image_count(self) -> int:
         return len(self.seeds)
 
+    @property
+    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None]:
+        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
+        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength)
+
 
 class GenerationRecord(BaseModel):
     """How one image was made: enough to reproduce it, and written into its PNG."""
