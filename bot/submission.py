@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import discord
 
 from bot import render
+from bot.attachments import save_upload
 from bot.errors import UserError, explain, reply_with_error
 from bot.permissions import is_moderator
 from bot.views import Action, queued_view
@@ -181,6 +183,35 @@ async def find_image(
     if image.path is None:
         raise UserError(f"Image {number} of job #{job_id} was withheld by the safety checker.")
     return job, image, Path(image.path)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A picture a member uploaded, checked and stored as PNG."""
+
+    path: Path
+    width: int
+    height: int
+
+
+async def pick_source(
+    interaction: discord.Interaction,
+    job: int | None,
+    index: int | None,
+    image: discord.Attachment | None,
+) -> tuple[JobRow, ImageRow, Path] | Upload:
+    """The picture /variations or /upscale works on: an image of a job here, or an upload."""
+    if (job is None) == (image is None):
+        raise UserError("Give either `job` and `index` (an image made here) or `image` (an upload).")
+    if job is not None:
+        if index is None:
+            raise UserError(f"Which image of job #{job}? Add `index` (1-4).")
+        return await find_image(interaction, job, index)
+    assert image is not None
+    settings = _bot(interaction).settings
+    return Upload(
+        *await save_upload(image, max_pixels=settings.max_upload_pixels, folder=settings.output_dir / "uploads")
+    )
 
 
 async def submit_variations(

@@ -135,3 +135,17 @@ async def test_missing_image_file_is_regenerated_from_its_seed(harness: BotHarne
     assert upscaled.attachments[0].image().size == (128, 128)
     regenerated = np.asarray(Image.open(image.path), dtype=np.int16)
     assert np.abs(regenerated - np.asarray(Image.open(io.BytesIO(original_bytes)), dtype=np.int16)).max() <= 2
+
+
+async def test_variations_need_exactly_one_source(harness: BotHarness) -> None:
+    fake = harness.fake
+    neither = await fake.slash(fake.member, "variations")
+    await neither.wait_response()
+    assert neither.ephemeral and "Give either `job` and `index`" in neither.content
+    no_index = await fake.slash(fake.member, "variations", job=1)
+    await no_index.wait_response()
+    assert no_index.ephemeral and "Add `index`" in no_index.content
+    no_prompt = await fake.slash(fake.member, "variations", image=fake.make_attachment(Image.new("RGB", (64, 64))))
+    await no_prompt.wait_response()
+    assert no_prompt.ephemeral and "prompt" in no_prompt.content
+    assert not (harness.settings.output_dir / "uploads").exists()  # refused before anything was stored

@@ -8,10 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.attachments import save_upload
 from bot.client import SDBot
 from bot.errors import UserError
-from bot.submission import DEFAULT_STRENGTH, find_image, fit, random_seeds, submit, submit_variations
+from bot.submission import DEFAULT_STRENGTH, Upload, fit, pick_source, random_seeds, submit, submit_variations
 from generation.types import GenerationParams, JobKind, PipelineKind
 
 
@@ -39,25 +38,16 @@ class Variations(commands.Cog):
         strength: app_commands.Range[float, 0.1, 1.0] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
-        if (job is None) == (image is None):
-            raise UserError("Give either `job` and `index` (an image made here) or `image` (an upload).")
-        if job is not None:
-            if index is None:
-                raise UserError(f"Which image of job #{job}? Add `index` (1-4).")
-            source_job, source, path = await find_image(interaction, job, index)
-            await submit_variations(
-                interaction, source_job, source, path, prompt=prompt, strength=strength, count=count
-            )
-            return
-        assert image is not None
-        if not prompt:
+        if image is not None and not prompt:
             raise UserError("Describe the uploaded picture with `prompt` so the variations know what to keep.")
+        source = await pick_source(interaction, job, index, image)
+        if not isinstance(source, Upload):
+            await submit_variations(interaction, *source, prompt=prompt, strength=strength, count=count)
+            return
+        assert prompt is not None
         settings = self.bot.settings
-        path, width, height = await save_upload(
-            image, max_pixels=settings.max_upload_pixels, folder=settings.output_dir / "uploads"
-        )
         native = self.bot.model.native_size
-        target_w, target_h = fit(native * native, width / height, min_size=settings.min_size,
+        target_w, target_h = fit(native * native, source.width / source.height, min_size=settings.min_size,
                                  max_size=settings.max_size)
         params = GenerationParams(
             pipeline=PipelineKind.IMG2IMG,
@@ -69,7 +59,7 @@ class Variations(commands.Cog):
             height=target_h,
             strength=DEFAULT_STRENGTH if strength is None else strength,
         )
-        await submit(interaction, kind=JobKind.VARIATION, params=params, source_path=path)
+        await submit(interaction, kind=JobKind.VARIATION, params=params, source_path=source.path)
 
 
 async def setup(bot: commands.Bot) -> None:
