@@ -23,22 +23,41 @@ log = logging.getLogger(__name__)
 
 
 def build_bot(settings: Settings, store: Store, engine: DiffusionEngine, **options: object) -> SDBot:
-    runners: list[BatchRunner] = [LocalRunner(engine)]
-    model = ModelInfo(model_id=engine.model_id, native_size=engine.native_size, validate=engine.validate)
+    runners, native_size = make_runners(settings, engine)
+    model = ModelInfo(model_id=engine.model_id, native_size=native_size, validate=engine.validate)
     return SDBot(settings=settings, store=store, runners=runners, model=model, **options)
+
+
+def make_runners(settings: Settings, engine: DiffusionEngine) -> tuple[list[BatchRunner], int]:
+    """The generation runners and the model's native size. Local: one runner on `engine`, loaded.
+    Ray: one runner per Ray actor; the actors load the model and report its size, and `engine`,
+    not loaded, only validates requests."""
+    if settings.workers == "ray":
+        try:
+            from generation.ray_runner import start_ray_runners  # Ray is an optional extra
+        except ModuleNotFoundError as error:
+            raise GenerationError(f'SDBOT_WORKERS=ray needs Ray ({error}): pip install -e ".[ray]"') from None
+        ray_runners = start_ray_runners(settings)
+        return list(ray_runners), ray_runners[0].info.native_size
+    return [LocalRunner(engine)], engine.native_size
 
 
 def run_bot(settings: Settings) -> int:
     """`sdbot run`: returns the process exit code."""
     try:
-        log.info("loading %s on %s (first start downloads the weights)", settings.model_id, settings.device)
-        engine = DiffusionEngine.load(settings)
+        if settings.workers == "ray":
+            # Only validates here: the Ray actors generate. On the CPU, so the bot process takes
+            # no GPU memory the actors were promised.
+            engine = DiffusionEngine(settings.model_copy(update={"device": "cpu"}))
+        else:
+            log.info("loading %s on %s (first start downloads the weights)", settings.model_id, settings.device)
+            engine = DiffusionEngine.load(settings)
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     try:
         asyncio.run(_serve(settings, engine))
-    except MigrationError as error:
+    except (MigrationError, GenerationError) as error:  # a Ray worker may fail to start in build_bot
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ an accepted job is stored, charged and queued, and the member sees its place in 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from sdbot.store import ImageRow, JobRow, NewJob, QuotaExceeded
 
 if TYPE_CHECKING:
     from bot.client import SDBot
+
+log = logging.getLogger(__name__)
 
 ASPECTS = {"1:1": (1, 1), "2:3": (2, 3), "3:2": (3, 2), "16:9": (16, 9), "9:16": (9, 16)}
 DEFAULT_STRENGTH = 0.6
@@ -92,8 +95,7 @@ async def submit(
     bot = _bot(interaction)
     assert interaction.guild_id is not None
     settings = bot.settings
-    if params.pipeline == PipelineKind.TEXT2IMG or params.prompt:
-        check_prompt(params.prompt, settings.blocked_words)
+    check_prompt(params.prompt, settings.blocked_words)
     params = params.model_copy(
         update={
             "max_file_bytes": interaction.filesize_limit,
@@ -153,10 +155,15 @@ async def _queue(
         await interaction.delete_original_response()
         await interaction.followup.send(explain(error) or str(error), ephemeral=True)
         return None
-    message = await interaction.edit_original_response(
-        content=render.queued_text(receipt.job, receipt.position, receipt.eta_s),
-        view=queued_view(receipt.job.id),
-    )
+    try:
+        message = await interaction.edit_original_response(
+            content=render.queued_text(receipt.job, receipt.position, receipt.eta_s),
+            view=queued_view(receipt.job.id),
+        )
+    except discord.HTTPException as error:
+        # The job is queued and charged: its result will be posted to the channel instead.
+        log.warning("job %s: could not show its queue place (%s)", receipt.job.id, error)
+        return receipt.job
     await bot.store.set_message_ids(receipt.job.id, response_message_id=message.id)
     return receipt.job
 
