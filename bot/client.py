@@ -22,6 +22,9 @@ from sdbot.store import Store
 
 log = logging.getLogger(__name__)
 
+# At shutdown, how long results already made may take to reach Discord.
+DELIVERY_DRAIN_S = 30.0
+
 EXTENSIONS = (
     "bot.exts.imagine",
     "bot.exts.variations",
@@ -99,5 +102,6 @@ class SDBot(commands.Bot):
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             await scheduler.stop()
+            await self.delivery.drain(DELIVERY_DRAIN_S)
         await super().close()
 

@@ -11,6 +11,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class Delivery:
         self._running: dict[int, JobRow] = {}
         self._last_progress_edit: dict[int, float] = {}
         self._progress_tasks: dict[int, asyncio.Task[None]] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
 
     # Submission side
 
@@ -64,10 +66,26 @@ class Delivery:
                 log.warning("job %s: its queued reply took over %s s", job.id, ACK_TIMEOUT_S)
         return await self._bot.store.get_job(job.id) or job
 
-    # Worker side
+    # Worker side. Each report is handled in a task of its own: the worker goes on with the next
+    # batch while Discord uploads (and rate limits) happen; `drain` waits for them at shutdown.
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let deliveries in flight finish before the bot disconnects."""
+        if self._deliveries:
+            await asyncio.wait(self._deliveries, timeout=timeout_s)
 
     async def job_started(self, job: JobRow) -> None:
-        self._running[job.id] = await self._after_reply(job)
+        self._spawn(self._track(job), name=f"started-{job.id}")
+
+    async def _track(self, job: JobRow) -> None:
+        job = await self._after_reply(job)
+        if job.status == JobStatus.RUNNING:  # not already over by the time its reply was written
+            self._running[job.id] = job
 
     def job_progress(self, job_id: int, step: int, total: int) -> None:
         job = self._running.get(job_id)
@@ -85,6 +103,9 @@ class Delivery:
         )
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
+        self._spawn(self._deliver(job, images, output), name=f"deliver-{job.id}")
+
+    async def _deliver(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         self._running.pop(job.id, None)
         self._last_progress_edit.pop(job.id, None)
         progress = self._progress_tasks.pop(job.id, None)
