@@ -138,3 +138,43 @@ async def test_queue_shows_position_and_cancel_button_works(
     await running.wait_original(lambda m: bool(m.attachments), timeout=30)
     assert (await harness.store.quota(fake.guild.id, fake.member.id)).used == 4  # type: ignore[union-attr]
     await asyncio.sleep(0)
+
+
+async def test_buttons_keep_working_after_a_restart(harness: BotHarness) -> None:
+    fake = harness.fake
+    handle = await fake.slash(fake.member, "imagine", prompt="an old result", count=1)
+    result = await handle.wait_original(lambda m: bool(m.attachments), timeout=30)
+    await harness.restart()
+    click = await fake.click(fake.member, result, result.button(label="U1")["custom_id"])
+    upscaled = await click.wait_original(lambda m: bool(m.attachments), timeout=30)
+    assert upscaled.attachments[0].image().size == (128, 128)
+
+
+class _FailingEngine:
+    """The real engine, except that prompts containing "explode" raise inside the pipeline call."""
+
+    def __init__(self, engine: DiffusionEngine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def run_batch(self, batch, on_step, should_stop):  # type: ignore[no-untyped-def]
+        if any("explode" in params.prompt for params in batch):
+            raise RuntimeError("the GPU caught fire")
+        return self._engine.run_batch(batch, on_step, should_stop)
+
+
+async def test_a_failed_job_is_reported_with_its_id_and_refunded(
+    harness: BotHarness, tiny_engine: DiffusionEngine
+) -> None:
+    await harness.restart(_FailingEngine(tiny_engine))  # type: ignore[arg-type]
+    fake = harness.fake
+    handle = await fake.slash(fake.member, "imagine", prompt="please explode", count=4)
+    ended = await handle.wait_original(lambda m: "failed" in m.content, timeout=30)
+    [job] = await harness.store.recent_jobs(fake.guild.id, fake.member.id)  # type: ignore[union-attr]
+    assert f"#{job.id}" in ended.content and "refunded" in ended.content
+    assert "Traceback" not in ended.content
+    assert (await harness.store.quota(fake.guild.id, fake.member.id)).used == 0  # type: ignore[union-attr]
+    fine = await fake.slash(fake.member, "imagine", prompt="a calm lake", count=1)
+    assert len((await fine.wait_original(lambda m: bool(m.attachments), timeout=30)).attachments) == 1
