@@ -27,3 +27,8 @@ class Cancelled(GenerationError):
 
 class QueueRefused(GenerationError):
     """The queue would not take the job (per-user limit or full queue); nothing was queued."""
+
+
+class WorkerLost(GenerationError):
+    """The process running a batch died (a remote worker killed, out of memory or its host lost).
+    Its jobs were not at fault: they are queued again."""

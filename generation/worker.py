@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from generation.errors import Cancelled, GenerationError, OutOfMemory
+from generation.errors import Cancelled, GenerationError, OutOfMemory, WorkerLost
 from generation.fair_queue import FairQueue, QueuedJob
 from generation.runners import BatchRunner
 from generation.types import GeneratedImage, GenerationParams, JobOutput
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY_REASON = "not enough GPU memory for this size; try a smaller size or fewer images"
 _MAX_REASON_CHARS = 300
+# A lost runner is probed this often at first, backing off to the maximum.
+_PROBE_FIRST_S, _PROBE_MAX_S = 0.5, 30.0
 
 
 class JobListener(Protocol):
@@ -123,10 +125,11 @@ class Worker:
         self._cancelled: dict[int, str] = {}  # job id -> reason, for jobs of the batch
         self._stopping = False
         self._abandoned = False  # shutdown gave up on the batch: tell the engine to stop
+        self._runner_lost = False  # its runner died under a batch and has not answered since
 
     @property
     def is_up(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.done() and not self._runner_lost
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._serve(), name=f"sdbot-{self.name}")
@@ -161,6 +164,9 @@ class Worker:
 
     async def _serve(self) -> None:
         while not self._stopping:
+            if self._runner_lost:
+                await self._wait_for_runner()
+                continue
             batch = await self._next_batch()
             try:
                 await self._run_batch(batch)
@@ -185,14 +191,18 @@ class Worker:
             await self._notifier.started(job.id)
         tasks: list[_Task] = []
         results: dict[int, _Result] = {}
-        for job in jobs:
-            if job.id in self._cancelled:
-                continue
-            try:
-                tasks.append(_Task(job, job.params(await self._source_image(job))))
-            except SourceUnavailable as error:
-                results[job.id] = str(error)
-        results |= await self._attempt(tasks)
+        try:
+            for job in jobs:
+                if job.id in self._cancelled:
+                    continue
+                try:
+                    tasks.append(_Task(job, job.params(await self._source_image(job))))
+                except SourceUnavailable as error:
+                    results[job.id] = str(error)
+            results |= await self._attempt(tasks)
+        except WorkerLost as error:
+            await self._requeue_lost(error)
+            return
         for job in jobs:
             await self._end(job, results.get(job.id))
 
@@ -238,6 +248,8 @@ class Worker:
                 log.warning("%s: jobs %s timed out after %g s", self.name, ids, timeout)
                 return dict.fromkeys(ids, f"it took longer than {timeout:g} s and was stopped")
             return await self._isolate(live, error)
+        except WorkerLost:
+            raise  # not the jobs' fault: the whole batch is queued again
         except Exception as error:
             return await self._isolate(live, error)
         self._queue.complete(ids, time.monotonic() - started)
@@ -290,6 +302,38 @@ class Worker:
         )
         # Not finished: it was ended meanwhile by someone else; the row tells the listener how.
         return (images, result) if finished else ([], None)
+
+    async def _requeue_lost(self, error: WorkerLost) -> None:
+        """The runner died under the batch: its jobs go back to queued, each ahead of its user's
+        other jobs, for the other workers; jobs flagged as cancelled end so. This worker counts as
+        down until its runner answers again."""
+        self._runner_lost = True
+        lost = [job_id for job_id in self._batch if job_id not in self._cancelled]
+        # The store first: another worker may take a job the moment it is back in the queue.
+        await self._store.requeue(lost)
+        for queued in reversed(list(self._batch.values())):  # front of the queue, batch order kept
+            if queued.id not in self._cancelled:  # a cancel may have arrived meanwhile
+                del self._batch[queued.id]
+                self._queue.requeue_front(queued)
+        self._wakeup.set()
+        log.warning("%s is down (%s); jobs %s are queued again for the workers still up",
+                    self.name, error, lost)
+        for queued in list(self._batch.values()):
+            await self._end(queued.payload, None)
+
+    async def _wait_for_runner(self) -> None:
+        """Probe the lost runner with an empty batch until it answers (a restarted remote worker
+        answers once it has loaded its model again)."""
+        delay = _PROBE_FIRST_S
+        while True:
+            try:
+                await self._runner.run([], _no_progress, _never_stop)
+                break
+            except WorkerLost:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _PROBE_MAX_S)
+        self._runner_lost = False
+        log.warning("%s is up again", self.name)
 
     async def _end_leftovers(self, reason: str) -> None:
         """Fail the jobs a broken batch did not end. If even that fails (the database is gone),
@@ -376,6 +420,14 @@ class Worker:
         await asyncio.to_thread(_write_file, path, image.data)
         await self._store.set_image_path(job_id, index, str(path))
         return image.data
+
+
+def _no_progress(step: int, total: int) -> None:
+    pass
+
+
+def _never_stop() -> bool:
+    return False
 
 
 def _write_file(path: Path, data: bytes) -> None:
