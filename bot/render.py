@@ -67,7 +67,8 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
         embed.add_field(name="Negative prompt", value=clip(job.negative_prompt, 1024), inline=False)
     seeds = ", ".join(f"{image.idx + 1}: `{image.seed}`" for image in images + withheld)
     embed.add_field(name="Seeds", value=clip(seeds, 1024), inline=False)
-    embed.add_field(name="Size", value=f"{images[0].width}×{images[0].height}" if images else f"{job.width}×{job.height}")
+    shown = images[0] if images else job  # an upscale's images are larger than the job's input
+    embed.add_field(name="Size", value=f"{shown.width}×{shown.height}")
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     if job.strength is not None:

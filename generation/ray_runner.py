@@ -201,7 +201,7 @@ def start_ray_runners(settings: Settings, *, cpus_per_worker: int = 1) -> list[R
         for actor in actors:
             ray.kill(actor, no_restart=True)
         raise ModelLoadError(f"a Ray worker could not start: {_summary(error)}") from error
-    runners = [RayRunner(actor, info, f"ray-worker-{index}") for index, (actor, info) in enumerate(zip(actors, infos))]
+    runners = [RayRunner(actor, info, f"ray-worker-{index}") for index, (actor, info) in enumerate(zip(actors, infos, strict=True))]
     for runner in runners:
         info = runner.info
         log.info("%s: %s (revision %s) on %s, host %s pid %d",

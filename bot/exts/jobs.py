@@ -10,8 +10,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.client import SDBot
-from bot.errors import UserError
-from bot.permissions import is_moderator
+from bot.permissions import whose
 from bot.submission import cancel, find_job
 
 HISTORY_LENGTH = 15
@@ -34,9 +33,7 @@ class Jobs(commands.Cog):
     @app_commands.describe(member="Whose jobs (moderators only)")
     async def history(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
         assert interaction.guild_id is not None
-        target = member or interaction.user
-        if target.id != interaction.user.id and not is_moderator(interaction.user):
-            raise UserError("Only moderators can see another member's history.")
+        target = whose(interaction, member, "history")
         jobs = await self.bot.store.recent_jobs(interaction.guild_id, target.id, HISTORY_LENGTH)
         if not jobs:
             who = "You have" if target.id == interaction.user.id else f"{target.display_name} has"

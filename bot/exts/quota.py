@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.client import SDBot
 from bot.errors import UserError
-from bot.permissions import is_moderator
+from bot.permissions import whose
 
 MAX_QUOTA = 100_000
 
@@ -42,9 +42,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
     @app_commands.describe(member="Whose quota (moderators only)")
     async def view(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
         assert interaction.guild_id is not None
-        target = member or interaction.user
-        if target.id != interaction.user.id and not is_moderator(interaction.user):
-            raise UserError("Only moderators can see another member's quota.")
+        target = whose(interaction, member, "quota")
         status = await self.bot.store.quota(interaction.guild_id, target.id)
         source = "set for this member" if status.is_override else "server default"
         remaining = "no limit" if status.remaining is None else f"**{status.remaining}** left"

@@ -14,8 +14,17 @@ from .fixtures import fake_discord, run_client, serve_fake_discord
 from .gateway import ConnectionInfo, GatewayHub
 from .server import Faults, RequestRecord
 from .state import (
-    FakeChannel, FakeClock, FakeDiscordUsageError, FakeMember, FakeRole, FakeUser, InteractionFailed,
-    InteractionHandle, StoredAttachment, StoredMessage, Violation,
+    FakeChannel,
+    FakeClock,
+    FakeDiscordUsageError,
+    FakeMember,
+    FakeRole,
+    FakeUser,
+    InteractionFailed,
+    InteractionHandle,
+    StoredAttachment,
+    StoredMessage,
+    Violation,
 )
 from .validation import APIError
 

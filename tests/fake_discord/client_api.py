@@ -18,11 +18,27 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .gateway import GatewayHub
-from .server import RestApi, RequestRecord
+from .server import RequestRecord, RestApi
 from .state import (
-    EVERYONE_PERMISSIONS, FLAG_LOADING, MANAGE_GUILD, MANAGE_MESSAGES, MIB, FakeChannel, FakeClock,
-    FakeDiscordUsageError, FakeGuild, FakeMember, FakeRole, FakeUser, InteractionHandle, Notifier,
-    SnowflakeFactory, StoredAttachment, StoredMessage, Violation, walk_components,
+    EVERYONE_PERMISSIONS,
+    FLAG_LOADING,
+    MANAGE_GUILD,
+    MANAGE_MESSAGES,
+    MIB,
+    FakeChannel,
+    FakeClock,
+    FakeDiscordUsageError,
+    FakeGuild,
+    FakeMember,
+    FakeRole,
+    FakeUser,
+    InteractionHandle,
+    Notifier,
+    SnowflakeFactory,
+    StoredAttachment,
+    StoredMessage,
+    Violation,
+    walk_components,
 )
 from .validation import APIError
 

@@ -18,8 +18,16 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .state import (
-    FLAG_COMPONENTS_V2, FLAG_EPHEMERAL, FLAG_LOADING, FLAG_SUPPRESS_EMBEDS, FLAG_SUPPRESS_NOTIFICATIONS,
-    FakeChannel, FakeUser, InteractionHandle, StoredAttachment, StoredMessage,
+    FLAG_COMPONENTS_V2,
+    FLAG_EPHEMERAL,
+    FLAG_LOADING,
+    FLAG_SUPPRESS_EMBEDS,
+    FLAG_SUPPRESS_NOTIFICATIONS,
+    FakeChannel,
+    FakeUser,
+    InteractionHandle,
+    StoredAttachment,
+    StoredMessage,
 )
 from .validation import APIError, FormErrors, UploadedFile, validate_commands, validate_message, validate_modal
 
