@@ -11,6 +11,9 @@ import logging
 import signal
 import sys
 
+import aiohttp
+import discord
+
 from bot.client import ModelInfo, SDBot
 from generation.engine import DiffusionEngine
 from generation.errors import GenerationError
@@ -59,6 +62,16 @@ def run_bot(settings: Settings) -> int:
         asyncio.run(_serve(settings, engine))
     except (MigrationError, GenerationError) as error:  # a Ray worker may fail to start in build_bot
         print(f"sdbot: {error}", file=sys.stderr)
+        return 1
+    except discord.LoginFailure:
+        print(
+            "sdbot: Discord refused SDBOT_DISCORD_TOKEN; copy the token again from the developer "
+            "portal (Bot > Reset Token)",
+            file=sys.stderr,
+        )
+        return 2
+    except (aiohttp.ClientConnectionError, OSError) as error:
+        print(f"sdbot: could not reach Discord ({error}); check the network and try again", file=sys.stderr)
         return 1
     return 0
 

@@ -47,6 +47,11 @@ class ModelInfo:
     validate: Callable[[GenerationParams], None]
 
 
+# The bot never joins voice: discord.py's notices about missing voice libraries are noise here.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
+
 class SDBot(commands.Bot):
     def __init__(
         self,

@@ -16,10 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-# transformers warns once per image-processor class that torchvision is missing and it falls back to
-# the PIL implementation; that fallback is what we want, so keep the warning out of the bot's log.
-logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
-
 import diffusers.utils.logging
 import torch
 import transformers.utils.logging

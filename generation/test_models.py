@@ -29,7 +29,6 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-import generation.pipelines  # noqa: F401 - imported first: it quiets transformers' torchvision notice
 from sdbot.settings import Settings
 
 ModelShape = Literal["tiny", "sd-turbo"]
