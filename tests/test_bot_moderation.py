@@ -82,6 +82,7 @@ async def test_too_many_queued_jobs_are_refused(harness: BotHarness) -> None:
 async def test_member_cannot_change_quotas(harness: BotHarness) -> None:
     fake = harness.fake
     for command, options in (
+        ("quota log", {}),
         ("quota set", {"member": fake.member, "images_per_day": "999"}),
         ("quota reset", {"member": fake.member}),
         ("quota default", {"images_per_day": 999}),
@@ -111,6 +112,10 @@ async def test_moderator_changes_quotas_and_they_are_audited(harness: BotHarness
     entries = await store.audit_entries(fake.guild.id)
     assert [e.action for e in entries] == ["quota.reset", "quota.default", "quota.set"]
     assert {e.moderator_id for e in entries} == {fake.moderator.id}
+    shown = await fake.slash(fake.moderator, "quota log")
+    await shown.wait_response()
+    assert shown.ephemeral and shown.content.index("quota.reset") < shown.content.index("quota.set")
+    assert "images_per_day 7" in shown.content
 
 
 async def test_bad_quota_value_changes_nothing(harness: BotHarness) -> None:

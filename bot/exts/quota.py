@@ -17,6 +17,7 @@ from bot.errors import UserError
 from bot.permissions import whose
 
 MAX_QUOTA = 100_000
+AUDIT_LENGTH = 15
 
 
 def parse_quota(text: str) -> int | None:
@@ -92,6 +93,24 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         await self.bot.store.set_guild_default_quota(interaction.guild_id, interaction.user.id, images_per_day)
         await interaction.response.send_message(
             f"Members without their own quota can now make {show(images_per_day)}.", ephemeral=True
+        )
+
+
+    @app_commands.command(name="log", description="Recent moderator changes: quotas, cancels, NSFW setting (Manage Server)")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def audit_log(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        entries = await self.bot.store.audit_entries(interaction.guild_id, AUDIT_LENGTH)
+        lines = [
+            f"<t:{int(entry.created_at)}:R> <@{entry.moderator_id}> `{entry.action}`"
+            + (f" → <@{entry.target_user_id}>" if entry.target_user_id else "")
+            + "".join(f" · {key} {value}" for key, value in entry.details.items())
+            for entry in entries
+        ]
+        await interaction.response.send_message(
+            "\n".join(lines) if lines else "No moderator changes yet.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
         )
 
 
