@@ -58,6 +58,8 @@ class JobScheduler:
     async def start(self) -> None:
         """Queue again, in their original order, the jobs the last process left queued or running,
         then start the workers."""
+        for flow, weight in (await self._store.queue_shares()).items():
+            self._queue.set_weight(flow, weight)
         unfinished = await self._store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
         await self._store.requeue([job.id for job in unfinished if job.status == JobStatus.RUNNING])
         recovered = [job for job in unfinished if job.id not in self._queue]
@@ -117,8 +119,14 @@ class JobScheduler:
     def workers_up(self) -> int:
         return sum(worker.is_up for worker in self._workers)
 
-    def set_weight(self, flow: Flow, weight: float) -> None:
+    async def set_weight(self, flow: Flow, weight: float, *, moderator_id: int) -> None:
+        """Change a member's share of the queue, kept in the store (audited) across restarts."""
+        guild_id, user_id = flow
+        await self._store.set_queue_share(guild_id, moderator_id, user_id, weight)
         self._queue.set_weight(flow, weight)
+
+    def weight(self, flow: Flow) -> float:
+        return self._queue.weight(flow)
 
     def is_running(self, job_id: int) -> bool:
         return any(worker.is_running(job_id) for worker in self._workers)

@@ -451,6 +451,27 @@ class Store:
             await self._audit(db, guild_id, moderator_id, "quota.default", None,
                               {"images_per_day": images_per_day})
 
+    # Queue shares
+
+    async def queue_shares(self) -> dict[tuple[int, int], float]:
+        """Every member whose share of the queue is not the default 1, by (guild, user)."""
+        rows = await self._fetchall("SELECT guild_id, user_id, weight FROM queue_shares")
+        return {(row["guild_id"], row["user_id"]): row["weight"] for row in rows}
+
+    async def set_queue_share(self, guild_id: int, moderator_id: int, user_id: int, weight: float) -> None:
+        async with self._transaction() as db:
+            if weight == 1.0:
+                await db.execute(
+                    "DELETE FROM queue_shares WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+                )
+            else:
+                await db.execute(
+                    """INSERT INTO queue_shares (guild_id, user_id, weight) VALUES (?, ?, ?)
+                       ON CONFLICT (guild_id, user_id) DO UPDATE SET weight = excluded.weight""",
+                    (guild_id, user_id, weight),
+                )
+            await self._audit(db, guild_id, moderator_id, "queue.share", user_id, {"weight": weight})
+
     # Guild safety setting
 
     async def nsfw_spoilers_allowed(self, guild_id: int) -> bool:

@@ -83,6 +83,7 @@ async def test_member_cannot_change_quotas(harness: BotHarness) -> None:
     fake = harness.fake
     for command, options in (
         ("quota log", {}),
+        ("quota share", {"member": fake.member, "weight": 5.0}),
         ("quota set", {"member": fake.member, "images_per_day": "999"}),
         ("quota reset", {"member": fake.member}),
         ("quota default", {"images_per_day": 999}),
@@ -188,3 +189,15 @@ async def test_moderator_cancels_someone_elses_queued_job(
     await first.wait_original(lambda m: bool(m.attachments), timeout=30)
     entries = await store.audit_entries(fake.guild.id)
     assert entries[0].action == "job.cancel" and entries[0].target_user_id == fake.member.id
+
+
+async def test_moderator_gives_a_member_a_bigger_queue_share_that_survives_restarts(harness: BotHarness) -> None:
+    fake = harness.fake
+    handle = await fake.slash(fake.moderator, "quota share", member=fake.member, weight=2.0)
+    await handle.wait_response()
+    assert handle.ephemeral and "2× an equal share" in handle.content
+    await harness.restart()
+    view = await fake.slash(fake.member, "quota view")
+    await view.wait_response()
+    assert "Queue share: 2×" in view.content
+    assert (await harness.store.audit_entries(fake.guild.id))[0].action == "queue.share"  # type: ignore[union-attr]

@@ -110,7 +110,7 @@ async def test_restart_recovers_unfinished_jobs_in_order(tmp_path: Path) -> None
 
 async def test_weight_changes_a_members_share(store: Store, tmp_path: Path) -> None:
     async with running_scheduler(store, make_settings(tmp_path), FakeEngine(), start=False) as (scheduler, _):
-        scheduler.set_weight((100, 1), 3.0)
+        await scheduler.set_weight((100, 1), 3.0, moderator_id=9)
         mine = [(await scheduler.submit(new_job(1))).job.id for _ in range(3)]
         for _ in range(3):
             await scheduler.submit(new_job(2))
@@ -120,3 +120,14 @@ async def test_weight_changes_a_members_share(store: Store, tmp_path: Path) -> N
         await scheduler.start()
         assert scheduler.workers_up == 1
     assert scheduler.workers_up == 0
+
+
+async def test_shares_are_kept_across_restarts_and_audited(store: Store, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    async with running_scheduler(store, settings, FakeEngine()) as (scheduler, _):
+        await scheduler.set_weight((100, 1), 2.5, moderator_id=9)
+    async with running_scheduler(store, settings, FakeEngine()) as (restarted, _):
+        assert restarted.weight((100, 1)) == 2.5
+        await restarted.set_weight((100, 1), 1.0, moderator_id=9)
+    assert await store.queue_shares() == {}
+    assert [entry.details for entry in await store.audit_entries(100)] == [{"weight": 1.0}, {"weight": 2.5}]

@@ -42,9 +42,25 @@ async def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
     job = await first.create_job(new_job())
     await first.close()
     second = await Store.open(path)
-    assert await second.schema_version() == 1
+    assert await second.schema_version() == len(list(bundled_migrations_dir().glob("*.sql")))
     assert (await second.get_job(job.id)) == job
     await second.close()
+
+
+async def test_upgrade_from_the_first_version_keeps_the_data(tmp_path: Path) -> None:
+    first_only = tmp_path / "migrations"
+    first_only.mkdir()
+    (first_only / "0001_initial.sql").write_text((bundled_migrations_dir() / "0001_initial.sql").read_text())
+    path = tmp_path / "db.sqlite3"
+    old = await Store.open(path, migrations_dir=first_only)
+    job = await old.create_job(new_job())
+    await old.close()
+    upgraded = await Store.open(path)
+    assert await upgraded.schema_version() == len(list(bundled_migrations_dir().glob("*.sql"))) > 1
+    assert await upgraded.get_job(job.id) == job
+    await upgraded.set_queue_share(GUILD, MOD, USER, 2.0)
+    assert await upgraded.queue_shares() == {(GUILD, USER): 2.0}
+    await upgraded.close()
 
 
 async def test_broken_migration_leaves_previous_version(tmp_path: Path) -> None:

@@ -46,10 +46,12 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         target = whose(interaction, member, "quota")
         status = await self.bot.store.quota(interaction.guild_id, target.id)
         source = "set for this member" if status.is_override else "server default"
+        weight = self.bot.scheduler.weight((interaction.guild_id, target.id))
+        share = "" if weight == 1.0 else f" Queue share: {weight:g}×."
         remaining = "no limit" if status.remaining is None else f"**{status.remaining}** left"
         await interaction.response.send_message(
             f"{target.mention}: {remaining} today ({status.used} used; quota {show(status.limit)}, "
-            f"{source}). Resets <t:{int(status.resets_at)}:R>.",
+            f"{source}). Resets <t:{int(status.resets_at)}:R>.{share}",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -96,7 +98,21 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         )
 
 
-    @app_commands.command(name="log", description="Recent moderator changes: quotas, cancels, NSFW setting (Manage Server)")
+    @app_commands.command(description="Change a member's share of the queue: 2 = twice an equal share (Manage Server)")
+    @app_commands.describe(member="Member", weight="Share of the GPU while others wait (1 = equal; 0.1-10)")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def share(
+        self, interaction: discord.Interaction, member: discord.Member, weight: app_commands.Range[float, 0.1, 10.0]
+    ) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.scheduler.set_weight((interaction.guild_id, member.id), weight, moderator_id=interaction.user.id)
+        await interaction.response.send_message(
+            f"{member.mention} now gets {weight:g}× an equal share of the queue while others wait.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @app_commands.command(name="log", description="Recent moderator changes: quotas, shares, cancels, NSFW (Manage Server)")
     @app_commands.checks.has_permissions(manage_guild=True)
     async def audit_log(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
