@@ -126,16 +126,14 @@ class Delivery:
             data = await _read(image.path)
             if data is None:
                 withheld.append(image)
+                why = "flagged by the safety checker" if image.flagged else "its file could not be read"
+                log.info("job %s image %s withheld: %s", job.id, image.idx + 1, why)
                 continue
+            if image.flagged:
+                log.info("job %s image %s posted as a spoiler: flagged, allowed here", job.id, image.idx + 1)
             posted.append(image)
             filename = f"sdbot-{job.id}-{image.idx + 1}-{image.seed}.{image.format or 'png'}"
             files.append(discord.File(io.BytesIO(data), filename=filename, spoiler=image.flagged))
-        for image in withheld:
-            if image.flagged:
-                log.info("job %s image %s withheld: flagged by the safety checker", job.id, image.idx + 1)
-        for image in posted:
-            if image.flagged:
-                log.info("job %s image %s posted as a spoiler: flagged, allowed here", job.id, image.idx + 1)
         content = f"<@{job.user_id}>"
         if output is not None and output.warnings:
             content += "\n" + "\n".join(f"-# {render.clip(warning, 300)}" for warning in output.warnings)

@@ -78,13 +78,10 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
     embed.add_field(name="Model", value=clip(job.model_id, 1024))
     if job.started_at and job.finished_at:
         embed.add_field(name="Time", value=f"{job.finished_at - job.started_at:.1f} s")
-    if withheld:
-        numbers = ", ".join(str(image.idx + 1) for image in withheld)
-        embed.add_field(
-            name="Withheld",
-            value=f"Image {numbers} was flagged by the safety checker and is not shown.",
-            inline=False,
-        )
+    for flagged, reason in ((True, "was flagged by the safety checker"), (False, "could not be read from disk")):
+        numbers = ", ".join(str(image.idx + 1) for image in withheld if image.flagged == flagged)
+        if numbers:
+            embed.add_field(name="Withheld", value=f"Image {numbers} {reason} and is not shown.", inline=False)
     embed.set_footer(text=f"Job #{job.id} · /job id:{job.id} shows how to reproduce it")
     return embed
 

@@ -30,6 +30,11 @@ def parse_quota(text: str) -> int | None:
     return int(cleaned)
 
 
+async def tell(interaction: discord.Interaction, text: str) -> None:
+    """Quota answers are private and name members without pinging them."""
+    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+
 def show(limit: int | None) -> str:
     return "unlimited" if limit is None else f"{limit} images per day"
 
@@ -49,11 +54,10 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         weight = self.bot.scheduler.weight((interaction.guild_id, target.id))
         share = "" if weight == 1.0 else f" Queue share: {weight:g}×."
         remaining = "no limit" if status.remaining is None else f"**{status.remaining}** left"
-        await interaction.response.send_message(
+        await tell(
+            interaction,
             f"{target.mention}: {remaining} today ({status.used} used; quota {show(status.limit)}, "
             f"{source}). Resets <t:{int(status.resets_at)}:R>.{share}",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     @app_commands.command(name="set", description="Set a member's daily quota (Manage Server)")
@@ -65,10 +69,9 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         assert interaction.guild_id is not None
         limit = parse_quota(images_per_day)
         await self.bot.store.set_user_quota(interaction.guild_id, interaction.user.id, member.id, limit)
-        await interaction.response.send_message(
+        await tell(
+            interaction,
             f"{member.mention} can now make {show(limit)}.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     @app_commands.command(description="Give a member the server default again and clear today's usage (Manage Server)")
@@ -78,11 +81,10 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         assert interaction.guild_id is not None
         cleared = await self.bot.store.reset_user_quota(interaction.guild_id, interaction.user.id, member.id)
         default = await self.bot.store.guild_default_quota(interaction.guild_id)
-        await interaction.response.send_message(
+        await tell(
+            interaction,
             f"{member.mention} is back on the server default ({show(default)}); "
             f"{cleared} image(s) used today were cleared.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     @app_commands.command(description="Set the server's default daily quota (Manage Server)")
@@ -93,10 +95,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
     ) -> None:
         assert interaction.guild_id is not None
         await self.bot.store.set_guild_default_quota(interaction.guild_id, interaction.user.id, images_per_day)
-        await interaction.response.send_message(
-            f"Members without their own quota can now make {show(images_per_day)}.", ephemeral=True
-        )
-
+        await tell(interaction, f"Members without their own quota can now make {show(images_per_day)}.")
 
     @app_commands.command(description="Change a member's share of the queue: 2 = twice an equal share (Manage Server)")
     @app_commands.describe(member="Member", weight="Share of the GPU while others wait (1 = equal; 0.1-10)")
@@ -106,13 +105,14 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
     ) -> None:
         assert interaction.guild_id is not None
         await self.bot.scheduler.set_weight((interaction.guild_id, member.id), weight, moderator_id=interaction.user.id)
-        await interaction.response.send_message(
+        await tell(
+            interaction,
             f"{member.mention} now gets {weight:g}× an equal share of the queue while others wait.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
         )
 
-    @app_commands.command(name="log", description="Recent moderator changes: quotas, shares, cancels, NSFW (Manage Server)")
+    @app_commands.command(
+        name="log", description="Recent moderator changes: quotas, shares, cancels, NSFW (Manage Server)"
+    )
     @app_commands.checks.has_permissions(manage_guild=True)
     async def audit_log(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
@@ -123,11 +123,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
             + "".join(f" · {key} {value}" for key, value in entry.details.items())
             for entry in entries
         ]
-        await interaction.response.send_message(
-            "\n".join(lines) if lines else "No moderator changes yet.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        await tell(interaction, "\n".join(lines) if lines else "No moderator changes yet.")
 
 
 async def setup(bot: commands.Bot) -> None:
