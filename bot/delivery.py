@@ -12,12 +12,12 @@ import io
 import logging
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import render
+from bot.files import read_if_present
 from bot.views import result_view
 from generation.types import JobOutput, JobStatus
 from sdbot.store import ImageRow, JobRow
@@ -123,7 +123,7 @@ class Delivery:
     async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         posted, withheld, files = [], [], []
         for image in images:
-            data = await _read(image.path)
+            data = await read_if_present(image.path)
             if data is None:
                 withheld.append(image)
                 why = "flagged by the safety checker" if image.flagged else "its file could not be read"
@@ -195,12 +195,3 @@ class Delivery:
             job.interaction_token is not None
             and time.time() < job.created_at + TOKEN_LIFETIME_S - TOKEN_MARGIN_S
         )
-
-
-async def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return await asyncio.to_thread(Path(path).read_bytes)
-    except OSError:
-        return None

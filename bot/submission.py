@@ -7,7 +7,6 @@ an accepted job is stored, charged and queued, and the member sees its place in 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import secrets
@@ -20,6 +19,7 @@ import discord
 from bot import render
 from bot.attachments import save_upload
 from bot.errors import UserError, explain, reply_with_error
+from bot.files import read_if_present
 from bot.permissions import is_moderator
 from bot.views import Action, queued_view
 from generation.errors import QueueRefused
@@ -63,15 +63,6 @@ def fit(area: float, ratio: float, *, min_size: int, max_size: int) -> tuple[int
     return snap(width), snap(height)
 
 
-async def _read_if_present(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return await asyncio.to_thread(path.read_bytes)
-    except OSError:
-        return None
-
-
 def _bot(interaction: discord.Interaction) -> SDBot:
     return cast("SDBot", interaction.client)
 
@@ -104,7 +95,7 @@ async def submit(
             ),
         }
     )
-    source_image = await _read_if_present(source_path)
+    source_image = await read_if_present(source_path)
     if source_path is None or source_image is not None:
         # A missing source file is regenerated from its seed by the worker, which checks it then.
         bot.validate(params.model_copy(update={"source_image": source_image}))
