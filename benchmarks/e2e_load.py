@@ -4,7 +4,7 @@
     python -m benchmarks.e2e_load --count 1 --json-only
 
 The production bot (`bot.app.build_bot`, as in tests/bot_fixtures.py) runs on the tiny random-weight
-model (generation.test_models, on the CPU, offline) against the loopback fake Discord, with settings
+model (generation.engine.tiny_models, on the CPU, offline) against the loopback fake Discord, with settings
 that admit the whole burst. Commands go out spread uniformly over the window, member i % members
 sending command i. Measured, from the moment each command is sent:
 
@@ -49,12 +49,12 @@ if __name__ == "__main__" and not __package__:
     # `benchmarks/generation.py` would shadow the `generation` package; use the repository root.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from generation.engine import DiffusionEngine
-from generation.test_models import TestModelPaths, make_test_model
-from tests.bot_fixtures import BotHarness, bot_settings
-from tests.fake_discord.client_api import FakeDiscord
-from tests.fake_discord.fixtures import serve_fake_discord
-from tests.fake_discord.state import FakeMember, InteractionHandle, Notifier
+from generation.engine.diffusion import DiffusionEngine
+from generation.engine.tiny_models import TinyModelPaths, make_tiny_models
+from tests.fakes.bot import BotHarness, bot_settings
+from tests.fakes.fake_discord.client_api import FakeDiscord
+from tests.fakes.fake_discord.running import serve_fake_discord
+from tests.fakes.fake_discord.state import FakeMember, InteractionHandle, Notifier
 
 SUBJECTS = ["lighthouse", "red fox", "castle", "harbour", "forest path", "robot", "teapot", "mountain lake"]
 ACK_P99_TARGET_S = 0.5
@@ -208,7 +208,7 @@ async def _warm_up(fake: FakeDiscord) -> None:
     await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
 
 
-async def run_load(args: argparse.Namespace, models: TestModelPaths, engine: DiffusionEngine, data: Path) -> RunResult:
+async def run_load(args: argparse.Namespace, models: TinyModelPaths, engine: DiffusionEngine, data: Path) -> RunResult:
     per_member = math.ceil(args.commands / args.members)
     async with serve_fake_discord() as fake:
         settings = bot_settings(
@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(folder)
         if not args.json_only:
             print(f"building the tiny model in {folder} ...", file=sys.stderr)
-        models = make_test_model(data / "models")
-        engine = DiffusionEngine.load(models.settings())
+        models = make_tiny_models(data / "models")
+        engine = DiffusionEngine.load(models.engine_config())
         run = asyncio.run(run_load(args, models, engine, data))
         rows, statuses = count_rows(data / "data" / "sdbot.sqlite3", run.member_ids)
     report = build_report(args, run, rows, statuses)

@@ -13,7 +13,7 @@
 2. The queue data structure with 100,000 jobs from 10,000 users: microseconds per enqueue,
    dequeue (take_batch), completion and cancel.
 3. A 10 ms ticker's lag on the event loop while the scheduler runs the tiny random-weight pipeline
-   (generation.test_models) on its engine thread.
+   (generation.engine.tiny_models) on its engine thread.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if __name__ == "__main__" and not __package__:
     # `benchmarks/generation.py` would shadow the `generation` package; use the repository root.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from generation.fair_queue import FairQueue, QueuedJob
+from generation.jobs.fair_queue import FairQueue, QueuedJob
 
 # Part 1
 
@@ -207,12 +207,20 @@ def queue_operations(jobs: int = 100_000, users: int = 10_000, cancels: int = 10
 
 
 async def loop_lag(jobs: int = 12) -> dict[str, Any]:
-    from generation.engine import DiffusionEngine
-    from generation.runners import LocalRunner
-    from generation.scheduler import JobScheduler
-    from generation.test_models import make_test_model
-    from generation.types import GenerationParams, JobKind, JobOutput, PipelineKind
-    from sdbot.store import ImageRow, JobRow, NewJob, Store
+    from generation.engine.diffusion import DiffusionEngine
+    from generation.engine.tiny_models import make_tiny_models
+    from generation.jobs.runners import LocalRunner
+    from generation.jobs.scheduler import JobScheduler
+    from sdbot.store import Store
+    from sdbot.types import (
+        GenerationParams,
+        ImageRow,
+        JobKind,
+        JobOutput,
+        JobRow,
+        NewJob,
+        PipelineKind,
+    )
 
     class Finished:
         def __init__(self) -> None:
@@ -228,9 +236,9 @@ async def loop_lag(jobs: int = 12) -> dict[str, Any]:
             self.ended[job.id] = job.status.value
 
     with tempfile.TemporaryDirectory(prefix="sdbot-bench-") as folder:
-        paths = make_test_model(Path(folder))
+        paths = make_tiny_models(Path(folder))
         settings = paths.settings(output_dir=Path(folder) / "images", max_queued_per_user=jobs)
-        engine = DiffusionEngine.load(settings)
+        engine = DiffusionEngine.load(paths.engine_config())
         store = await Store.open(Path(folder) / "db.sqlite3", default_daily_quota=10**6)
         runner = LocalRunner(engine)
         listener = Finished()

@@ -34,9 +34,9 @@ if __name__ == "__main__" and not __package__:
     # module would shadow the `generation` package; put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from generation.engine import VERSIONS, DiffusionEngine
-from generation.test_models import make_test_model
-from generation.types import GenerationParams, PipelineKind
+from generation.engine.diffusion import VERSIONS, DiffusionEngine
+from generation.engine.tiny_models import make_tiny_models
+from sdbot.types import GenerationParams, PipelineKind
 
 SUBJECTS = ["lighthouse", "red fox", "castle", "harbour", "forest path", "robot", "teapot", "mountain lake"]
 STAGES = ("text_encoding", "denoising", "vae_decode", "safety", "encode", "other")
@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="sdbot-bench-") as folder:
         shape = "tiny" if args.model == "tiny" else "sd-turbo"
         print(f"building the {args.model} model in {folder} ...", file=sys.stderr)
-        paths = make_test_model(Path(folder), shape=shape)
-        settings = paths.settings(device=args.device, max_count=max(args.batch), max_steps=max(args.steps))
-        engine = DiffusionEngine.load(settings)
+        paths = make_tiny_models(Path(folder), shape=shape)
+        engine = DiffusionEngine.load(paths.engine_config(device=args.device))
         size = args.size or engine.native_size
         rows = [
             _measure(engine, size, batch, steps, args.jobs, args.repeats)

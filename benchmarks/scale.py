@@ -36,11 +36,11 @@ if __name__ == "__main__" and not __package__:
 
 import ray
 
-from generation.engine import VERSIONS
-from generation.ray_runner import RayRunner, start_ray_runners
-from generation.test_models import make_test_model
-from generation.types import GenerationParams, PipelineKind
+from generation.engine.diffusion import VERSIONS
+from generation.engine.tiny_models import make_tiny_models
+from generation.jobs.ray_runner import RayRunner, start_ray_runners
 from sdbot.settings import Settings
+from sdbot.types import GenerationParams, PipelineKind
 
 PROBES = 20  # empty-batch round trips timed per measurement
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="sdbot-scale-") as scratch:
         folder = args.model_dir or Path(scratch)
         print(f"building the {args.model} model in {folder} ...", file=sys.stderr)
-        paths = make_test_model(folder, shape="tiny" if args.model == "tiny" else "sd-turbo")
+        paths = make_tiny_models(folder, shape="tiny" if args.model == "tiny" else "sd-turbo")
         ray.init(address=args.address or "local", include_dashboard=False)
         try:
             gpus = int(ray.cluster_resources().get("GPU", 0))

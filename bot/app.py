@@ -1,4 +1,4 @@
-"""Start-up: open the database, load the models, then connect to Discord.
+"""The composition root: open the database, load the models, build the bot, connect to Discord.
 
 Resources are opened here and handed to the bot, so tests build the same bot around a temporary
 database, tiny models and the fake Discord.
@@ -14,10 +14,12 @@ import sys
 import aiohttp
 import discord
 
-from bot.client import ModelInfo, SDBot
-from generation.engine import DiffusionEngine
+from bot.admission import ModelInfo
+from bot.client import SDBot
+from generation.engine.config import EngineConfig
+from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
-from generation.runners import BatchRunner, LocalRunner
+from generation.jobs.runners import BatchRunner, LocalRunner
 from sdbot.migrate import MigrationError
 from sdbot.settings import Settings
 from sdbot.store import Store
@@ -25,36 +27,35 @@ from sdbot.store import Store
 log = logging.getLogger(__name__)
 
 
-def build_bot(settings: Settings, store: Store, engine: DiffusionEngine, **options: object) -> SDBot:
-    runners, native_size = make_runners(settings, engine)
-    model = ModelInfo(model_id=engine.model_id, native_size=native_size, validate=engine.validate)
+def build_bot(settings: Settings, store: Store, engine: DiffusionEngine | None, **options: object) -> SDBot:
+    runners, model = make_runners(settings, engine)
     return SDBot(settings=settings, store=store, runners=runners, model=model, **options)
 
 
-def make_runners(settings: Settings, engine: DiffusionEngine) -> tuple[list[BatchRunner], int]:
-    """The generation runners and the model's native size. Local: one runner on `engine`, loaded.
-    Ray: one runner per Ray actor; the actors load the model and report its size, and `engine`,
-    not loaded, only validates requests."""
+def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[list[BatchRunner], ModelInfo]:
+    """The generation runners and what the bot needs to know of the model. Local: one runner on
+    `engine`, loaded. Ray: one runner per Ray actor; the actors load the model and report its size,
+    and this process loads no model at all (`engine` is None)."""
     if settings.workers == "ray":
         try:
-            from generation.ray_runner import start_ray_runners  # Ray is an optional extra
+            from generation.jobs.ray_runner import (
+                start_ray_runners,  # Ray is an optional extra
+            )
         except ModuleNotFoundError as error:
             raise GenerationError(f'SDBOT_WORKERS=ray needs Ray ({error}): pip install -e ".[ray]"') from None
         ray_runners = start_ray_runners(settings)
-        return list(ray_runners), ray_runners[0].info.native_size
-    return [LocalRunner(engine)], engine.native_size
+        return list(ray_runners), ModelInfo(settings.model_id, ray_runners[0].info.native_size)
+    assert engine is not None, "local workers need a loaded engine"
+    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size)
 
 
 def run_bot(settings: Settings) -> int:
     """`sdbot run`: returns the process exit code."""
+    engine = None  # with Ray workers the actors load the model, not this process
     try:
-        if settings.workers == "ray":
-            # Only validates here: the Ray actors generate. On the CPU, so the bot process takes
-            # no GPU memory the actors were promised.
-            engine = DiffusionEngine(settings.model_copy(update={"device": "cpu"}))
-        else:
+        if settings.workers == "local":
             log.info("loading %s on %s (first start downloads the weights)", settings.model_id, settings.device)
-            engine = DiffusionEngine.load(settings)
+            engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
@@ -76,7 +77,7 @@ def run_bot(settings: Settings) -> int:
     return 0
 
 
-async def _serve(settings: Settings, engine: DiffusionEngine) -> None:
+async def _serve(settings: Settings, engine: DiffusionEngine | None) -> None:
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     try:
         bot = build_bot(settings, store, engine)

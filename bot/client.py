@@ -1,22 +1,19 @@
-"""The thin client: holds the services, loads one extension per feature, syncs commands."""
+"""The thin client: holds the services (scheduler, delivery, admission), loads one extension per
+feature, syncs commands. Imports the bot modules below it, never `bot.app` or `bot.cli`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import discord
 from discord.ext import commands
 
+from bot.admission import Admission, ModelInfo
 from bot.delivery import Delivery
 from bot.errors import CommandTree
 from bot.views import JobButton
-from generation.runners import BatchRunner
-from generation.scheduler import JobScheduler
-from generation.types import GenerationParams
+from generation.jobs.runners import BatchRunner
+from generation.jobs.scheduler import JobScheduler
 from sdbot.settings import Settings
 from sdbot.store import Store
 
@@ -34,17 +31,8 @@ EXTENSIONS = (
     "bot.exts.queue",
     "bot.exts.quota",
     "bot.exts.safety",
+    "bot.exts.buttons",
 )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the Discord layer needs to know about the loaded model."""
-
-    model_id: str
-    native_size: int
-    # Raises generation.errors.InvalidRequest for parameters the engine would refuse.
-    validate: Callable[[GenerationParams], None]
 
 
 # The bot never joins voice: discord.py's notices about missing voice libraries are noise here.
@@ -74,17 +62,19 @@ class SDBot(commands.Bot):
         self.settings = settings
         self.store = store
         self.model = model
-        self.validate = model.validate
         self._runners = runners
-        # Serialises each member's submissions (see bot.submission.submit).
-        self.member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         # Created in setup_hook, once the loop runs.
         self.scheduler: JobScheduler
         self.delivery: Delivery
+        self.admission: Admission
 
     async def setup_hook(self) -> None:
-        self.delivery = Delivery(self)
+        self.delivery = Delivery(self, self.store, progress_interval_s=self.settings.progress_interval_s)
         self.scheduler = JobScheduler(self.settings, self.store, self._runners, self.delivery)
+        self.admission = Admission(
+            settings=self.settings, store=self.store, scheduler=self.scheduler, delivery=self.delivery,
+            model=self.model,
+        )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(JobButton)

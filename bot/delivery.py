@@ -1,8 +1,9 @@
-"""Delivers what the worker reports to Discord: throttled progress edits, then the result.
+"""The life of one job's public reply, start to end: the acknowledgement and the "queued" text,
+throttled progress edits, then the result or what went wrong.
 
 While the interaction token is valid (15 minutes) the bot edits its own response; after that, or
 after a restart that outlived the token, it posts to the channel with a mention instead, so a job a
-member was told is queued always ends with a message.
+member was told is queued always ends with a message. `Delivery` is the worker's `JobListener`.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sqlite3
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import discord
 
 from bot import render
-from bot.files import read_if_present
-from bot.views import result_view
-from generation.types import JobOutput, JobStatus
-from sdbot.store import ImageRow, JobRow
-
-if TYPE_CHECKING:
-    from bot.client import SDBot
+from bot.errors import explain
+from bot.views import queued_view, result_view
+from generation.errors import QueueRefused
+from generation.jobs.image_files import read_if_present
+from generation.jobs.scheduler import SubmitReceipt
+from sdbot.store import QuotaExceeded, Store
+from sdbot.types import ImageRow, JobOutput, JobRow, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -34,40 +36,78 @@ ACK_TIMEOUT_S = 10.0
 
 
 class Delivery:
-    """The worker's listener (generation.worker.JobListener) for the Discord bot."""
-
-    def __init__(self, bot: SDBot) -> None:
-        self._bot = bot
-        # Interaction tokens whose "queued" reply is still being written: results wait for it,
-        # so a fast job's result is never overwritten by the older "queued" text.
+    def __init__(self, client: discord.Client, store: Store, *, progress_interval_s: float) -> None:
+        self._client = client
+        self._store = store
+        self._progress_interval_s = progress_interval_s
+        # Interaction tokens whose "queued" reply is still being written: events wait for it, so a
+        # fast job's result is never overwritten by the older "queued" text.
         self._pending_replies: dict[str, asyncio.Event] = {}
+        self._reply_ids: dict[int, int] = {}  # job id -> its reply's message id, once written
+        self._tracking: dict[int, asyncio.Task[None]] = {}  # started jobs waiting for their reply
         self._running: dict[int, JobRow] = {}
         self._last_progress_edit: dict[int, float] = {}
         self._progress_tasks: dict[int, asyncio.Task[None]] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
 
-    # Submission side
+    # Acknowledgement
 
-    def hold(self, token: str) -> None:
+    async def accept(
+        self, interaction: discord.Interaction, queue: Callable[[], Awaitable[SubmitReceipt]]
+    ) -> JobRow | None:
+        """Acknowledge publicly, queue the job with `queue()` and show its place in line.
+
+        Every way out resolves the public "thinking..." reply: a refusal found only now (the queue
+        filled meanwhile) removes it and answers privately; any other failure is written into it."""
+        await interaction.response.defer(thinking=True)
+        token = interaction.token
         self._pending_replies[token] = asyncio.Event()
+        try:
+            try:
+                receipt = await queue()
+            except (QueueRefused, QuotaExceeded) as error:
+                await interaction.delete_original_response()
+                await interaction.followup.send(explain(error) or str(error), ephemeral=True)
+                return None
+            except Exception as error:  # noqa: BLE001 - whatever it was, the reply must not hang
+                log.exception("could not queue a job for interaction %s", interaction.id)
+                await interaction.edit_original_response(content=render.not_queued_text(_what_failed(error)))
+                return None
+            await self._show_queued(interaction, receipt)
+            return receipt.job
+        finally:
+            self._pending_replies.pop(token).set()
 
-    def release(self, token: str) -> None:
-        event = self._pending_replies.pop(token, None)
-        if event is not None:
-            event.set()
+    async def _show_queued(self, interaction: discord.Interaction, receipt: SubmitReceipt) -> None:
+        job = receipt.job
+        try:
+            message = await interaction.edit_original_response(
+                content=render.queued_text(job, receipt.position, receipt.eta_s), view=queued_view(job.id)
+            )
+        except discord.HTTPException as error:
+            # The job is queued and charged: its result will be posted to the channel instead.
+            log.warning("job %s: could not show its queue place (%s)", job.id, error)
+            return
+        self._reply_ids[job.id] = message.id
+        try:
+            await self._store.set_message_ids(job.id, response_message_id=message.id)
+        except sqlite3.Error as error:  # kept in memory: only a restart loses it (then: the channel)
+            log.warning("job %s: could not store its reply's id (%s)", job.id, error)
 
     async def _after_reply(self, job: JobRow) -> JobRow:
-        """Wait until the job's first reply is written, then re-read it (it has the message id)."""
+        """Wait until the job's first reply is written; the row then carries its message id."""
         event = self._pending_replies.get(job.interaction_token or "")
         if event is not None:
             try:
                 await asyncio.wait_for(event.wait(), ACK_TIMEOUT_S)
             except TimeoutError:
                 log.warning("job %s: its queued reply took over %s s", job.id, ACK_TIMEOUT_S)
-        return await self._bot.store.get_job(job.id) or job
+        reply_id = self._reply_ids.get(job.id, job.response_message_id)
+        return job.model_copy(update={"response_message_id": reply_id})
 
-    # Worker side. Each report is handled in a task of its own: the worker goes on with the next
-    # batch while Discord uploads (and rate limits) happen; `drain` waits for them at shutdown.
+    # Worker events (generation.jobs.worker.JobListener). Each is handled in a task of its own: the
+    # worker goes on with the next batch while Discord uploads (and rate limits) happen; `drain`
+    # waits for them at shutdown.
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -80,32 +120,36 @@ class Delivery:
             await asyncio.wait(self._deliveries, timeout=timeout_s)
 
     async def job_started(self, job: JobRow) -> None:
-        self._spawn(self._track(job), name=f"started-{job.id}")
+        self._tracking[job.id] = asyncio.create_task(self._track(job), name=f"started-{job.id}")
 
     async def _track(self, job: JobRow) -> None:
-        job = await self._after_reply(job)
-        if job.status == JobStatus.RUNNING:  # not already over by the time its reply was written
-            self._running[job.id] = job
+        """Progress edits start once the reply exists (the job's end cancels this wait)."""
+        try:
+            self._running[job.id] = await self._after_reply(job)
+        finally:
+            self._tracking.pop(job.id, None)
 
     def job_progress(self, job_id: int, step: int, total: int) -> None:
         job = self._running.get(job_id)
-        if job is None or not self._token_valid(job) or job.response_message_id is None:
+        if job is None or not _token_valid(job) or job.response_message_id is None:
             return
         now = time.monotonic()
         last = self._last_progress_edit.get(job_id, 0.0)
         in_flight = self._progress_tasks.get(job_id)
-        if now - last < self._bot.settings.progress_interval_s or (in_flight and not in_flight.done()):
+        if now - last < self._progress_interval_s or (in_flight and not in_flight.done()):
             return
         self._last_progress_edit[job_id] = now
         self._progress_tasks[job_id] = asyncio.create_task(
-            self._edit_reply(job, content=render.progress_text(job, step, total)),
-            name=f"progress-{job_id}",
+            self._edit_reply(job, content=render.progress_text(job, step, total)), name=f"progress-{job_id}"
         )
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         self._spawn(self._deliver(job, images, output), name=f"deliver-{job.id}")
 
     async def _deliver(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
+        tracking = self._tracking.pop(job.id, None)
+        if tracking is not None:
+            tracking.cancel()
         self._running.pop(job.id, None)
         self._last_progress_edit.pop(job.id, None)
         progress = self._progress_tasks.pop(job.id, None)
@@ -119,6 +163,8 @@ class Delivery:
                 await self._post(job, content=render.ended_text(job), embed=None, files=[], view=None)
         except Exception:
             log.exception("job %s: could not deliver its result", job.id)
+        finally:
+            self._reply_ids.pop(job.id, None)
 
     async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         posted, withheld, files = [], [], []
@@ -155,20 +201,19 @@ class Delivery:
         view: discord.ui.View | None,
     ) -> None:
         """Edit the job's reply while its token lives; otherwise post to the channel."""
-        if self._token_valid(job) and job.response_message_id is not None:
+        if _token_valid(job) and job.response_message_id is not None:
             try:
                 message = await self._edit_reply(
-                    job, content=content, embeds=[embed] if embed else [], attachments=files,
-                    view=view,
+                    job, content=content, embeds=[embed] if embed else [], attachments=files, view=view
                 )
                 if message is not None:
-                    await self._bot.store.set_message_ids(job.id, result_message_id=message.id)
+                    await self._store.set_message_ids(job.id, result_message_id=message.id)
                     return
             except discord.HTTPException as error:
                 log.warning("job %s: editing the reply failed (%s); posting to the channel", job.id, error)
             for file in files:
                 file.reset()
-        channel = self._bot.get_channel(job.channel_id) or await self._bot.fetch_channel(job.channel_id)
+        channel = self._client.get_channel(job.channel_id) or await self._client.fetch_channel(job.channel_id)
         assert isinstance(channel, discord.abc.Messageable)
         kwargs: dict[str, Any] = {"content": content, "files": files}
         if embed is not None:
@@ -176,11 +221,11 @@ class Delivery:
         if view is not None:
             kwargs["view"] = view
         message = await channel.send(**kwargs)
-        await self._bot.store.set_message_ids(job.id, result_message_id=message.id)
+        await self._store.set_message_ids(job.id, result_message_id=message.id)
 
     async def _edit_reply(self, job: JobRow, **changes: Any) -> discord.WebhookMessage | None:
         assert job.application_id and job.interaction_token and job.response_message_id
-        webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._bot)
+        webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._client)
         try:
             return await webhook.edit_message(job.response_message_id, **changes)
         except discord.HTTPException as error:
@@ -189,9 +234,14 @@ class Delivery:
             log.debug("job %s: progress edit failed: %s", job.id, error)
             return None
 
-    @staticmethod
-    def _token_valid(job: JobRow) -> bool:
-        return (
-            job.interaction_token is not None
-            and time.time() < job.created_at + TOKEN_LIFETIME_S - TOKEN_MARGIN_S
-        )
+
+def _token_valid(job: JobRow) -> bool:
+    return job.interaction_token is not None and time.time() < job.created_at + TOKEN_LIFETIME_S - TOKEN_MARGIN_S
+
+
+def _what_failed(error: BaseException) -> str:
+    """The public words for an unexpected failure while queueing: a full disk is named as such."""
+    text = str(error).lower()
+    if isinstance(error, sqlite3.Error | OSError) and ("disk is full" in text or "no space left" in text):
+        return "the bot's disk is full, so the job could not be saved"
+    return "something went wrong on our side (it has been logged)"

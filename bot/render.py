@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from generation.types import JobKind, JobStatus
-from sdbot.store import ImageRow, JobRow
+from sdbot.types import ImageRow, JobKind, JobRow, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 _KIND_VERB = {
@@ -38,6 +37,11 @@ def place_in_line(ahead: int) -> str:
 
 def queued_text(job: JobRow, ahead: int, eta_s: float) -> str:
     return f"⏳ {describe(job)} is queued: {place_in_line(ahead)}, ready in about {duration(eta_s)}."
+
+
+def not_queued_text(what_failed: str) -> str:
+    """A request acknowledged publicly that then could not be queued."""
+    return f"⚠️ This request could not be queued: {what_failed}. Nothing was charged; please try again later."
 
 
 def progress_text(job: JobRow, step: int, total: int) -> str:

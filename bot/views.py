@@ -1,6 +1,7 @@
 """Result and queue buttons. Each carries its action and job in its custom_id
 (`sd:<action>:<job>[:<n>]`), so they are persistent: registered once as a dynamic item, they keep
-working after a restart."""
+working after a restart. A press is dispatched to the bot as the `job_button` event
+(`bot.exts.buttons` handles it), so this module imports nothing above it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Self
 
 import discord
 
-from sdbot.store import ImageRow, JobRow
+from sdbot.types import ImageRow, JobRow
 
 
 class Action(StrEnum):
@@ -61,9 +62,7 @@ class JobButton(
         return cls(Action(match["action"]), int(match["job"]), None if number is None else int(number))
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        from bot.submission import handle_button  # submission builds these views: import late
-
-        await handle_button(interaction, self.action, self.job_id, self.number)
+        interaction.client.dispatch("job_button", interaction, self.action, self.job_id, self.number)
 
 
 def result_view(job: JobRow, posted: list[ImageRow]) -> discord.ui.View:

@@ -1,0 +1,2 @@
+"""The floor: settings, shared types, the SQLite store and migrations. Imports nothing from
+`generation` or `bot`."""

@@ -20,8 +20,8 @@ from typing import Any
 import aiosqlite
 from pydantic import BaseModel
 
-from generation.types import GenerationParams, JobKind, JobStatus, PipelineKind
 from sdbot.migrate import apply_migrations, schema_version
+from sdbot.types import ImageRow, JobRow, JobStatus, NewJob
 
 
 class QuotaExceeded(Exception):
@@ -32,88 +32,6 @@ class QuotaExceeded(Exception):
         super().__init__(
             f"daily quota reached: {used} of {limit} images used today, {requested} requested"
         )
-
-
-class NewJob(BaseModel):
-    """A job as the bot submits it, before it has an id."""
-
-    kind: JobKind
-    guild_id: int
-    channel_id: int
-    user_id: int
-    params: GenerationParams
-    model_id: str
-    source_job_id: int | None = None
-    source_index: int | None = None
-    source_path: str | None = None
-    application_id: int | None = None
-    interaction_token: str | None = None
-
-
-class JobRow(BaseModel):
-    id: int
-    kind: JobKind
-    guild_id: int
-    channel_id: int
-    user_id: int
-    pipeline: PipelineKind
-    prompt: str
-    negative_prompt: str
-    seeds: list[int]
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    strength: float | None
-    scheduler: str | None
-    model_id: str
-    model_revision: str | None
-    source_job_id: int | None
-    source_index: int | None
-    source_path: str | None
-    return_flagged: bool
-    status: JobStatus
-    status_reason: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    application_id: int | None
-    interaction_token: str | None
-    response_message_id: int | None
-    result_message_id: int | None
-
-    @property
-    def image_count(self) -> int:
-        return len(self.seeds)
-
-    def params(self, source_image: bytes | None = None) -> GenerationParams:
-        """The engine parameters; the source picture is read from disk by the caller."""
-        return GenerationParams(
-            pipeline=self.pipeline,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seeds=tuple(self.seeds),
-            steps=self.steps,
-            guidance=self.guidance,
-            width=self.width,
-            height=self.height,
-            strength=self.strength,
-            source_image=source_image,
-            return_flagged=self.return_flagged,
-        )
-
-
-class ImageRow(BaseModel):
-    job_id: int
-    idx: int
-    seed: int
-    width: int
-    height: int
-    path: str | None
-    format: str | None
-    flagged: bool
-    nsfw_score: float | None
-    record: dict[str, Any]
 
 
 class QuotaStatus(BaseModel):
@@ -260,13 +178,19 @@ class Store:
         )
         return [_job(row) for row in rows]
 
-    async def mark_running(self, job_ids: Sequence[int], *, now: float | None = None) -> None:
+    async def mark_running(self, job_ids: Sequence[int], *, now: float | None = None) -> list[JobRow]:
+        """Queued jobs become running; returns their rows as they are now (ended ones are left out)."""
         now = time.time() if now is None else now
+        running = []
         async with self._transaction() as db:
-            await db.executemany(
-                "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
-                [(now, job_id) for job_id in job_ids],
-            )
+            for job_id in job_ids:
+                async with db.execute(
+                    """UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'
+                       RETURNING *""",
+                    (now, job_id),
+                ) as cursor:
+                    running.extend(_job(row) for row in await cursor.fetchall())
+        return running
 
     async def requeue(self, job_ids: Sequence[int]) -> None:
         """Put running jobs back to queued (shutdown, or a worker that died)."""
@@ -284,18 +208,20 @@ class Store:
         scheduler: str | None = None,
         model_revision: str | None = None,
         now: float | None = None,
-    ) -> bool:
-        """Record the images and mark the job done; False if it had already ended (cancelled)."""
+    ) -> JobRow | None:
+        """Record the images and mark the job done; returns the done row, or None if the job had
+        already ended (cancelled)."""
         now = time.time() if now is None else now
         async with self._transaction() as db:
-            cursor = await db.execute(
+            async with db.execute(
                 """UPDATE jobs SET status = 'done', finished_at = ?, status_reason = NULL,
                        scheduler = COALESCE(?, scheduler), model_revision = COALESCE(?, model_revision)
-                   WHERE id = ? AND status IN ('queued', 'running')""",
+                   WHERE id = ? AND status IN ('queued', 'running') RETURNING *""",
                 (now, scheduler, model_revision, job_id),
-            )
-            if cursor.rowcount == 0:
-                return False
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
             await db.executemany(
                 """INSERT OR REPLACE INTO images (job_id, idx, seed, width, height, path, format,
                        flagged, nsfw_score, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -305,27 +231,29 @@ class Store:
                     for i in images
                 ],
             )
-        return True
+        return _job(row)
 
-    async def fail_job(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
+    async def fail_job(self, job_id: int, reason: str, *, now: float | None = None) -> JobRow | None:
         return await self._end_unfinished(job_id, JobStatus.FAILED, reason, now)
 
-    async def cancel_job(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
+    async def cancel_job(self, job_id: int, reason: str, *, now: float | None = None) -> JobRow | None:
         return await self._end_unfinished(job_id, JobStatus.CANCELLED, reason, now)
 
     async def _end_unfinished(
         self, job_id: int, status: JobStatus, reason: str, now: float | None
-    ) -> bool:
-        """End a queued or running job and refund its charge; False if it had already ended."""
+    ) -> JobRow | None:
+        """End a queued or running job and refund its charge; returns the ended row, or None if it
+        had already ended."""
         now = time.time() if now is None else now
         async with self._transaction() as db:
-            cursor = await db.execute(
+            async with db.execute(
                 """UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?
-                   WHERE id = ? AND status IN ('queued', 'running')""",
+                   WHERE id = ? AND status IN ('queued', 'running') RETURNING *""",
                 (status, reason, now, job_id),
-            )
-            if cursor.rowcount == 0:
-                return False
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
             # Refund what this job was charged, in the ledger, on the day of the refund.
             await db.execute(
                 """INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)
@@ -334,7 +262,7 @@ class Store:
                    HAVING SUM(images) > 0""",
                 (now, job_id),
             )
-        return True
+        return _job(row)
 
     async def set_message_ids(
         self,

@@ -9,8 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
-from bot.submission import ASPECTS, random_seeds, size_for, submit
-from generation.types import MAX_SEED, GenerationParams, JobKind, PipelineKind
+from generation.requests import ASPECTS
+from sdbot.types import MAX_SEED
 
 
 class Imagine(commands.Cog):
@@ -40,21 +40,10 @@ class Imagine(commands.Cog):
         guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
         aspect: str = "1:1",
     ) -> None:
-        settings = self.bot.settings
-        width, height = size_for(
-            aspect, self.bot.model.native_size, min_size=settings.min_size, max_size=settings.max_size
+        await self.bot.admission.imagine(
+            interaction, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
+            guidance=guidance, aspect=aspect,
         )
-        params = GenerationParams(
-            pipeline=PipelineKind.TEXT2IMG,
-            prompt=prompt.strip(),
-            negative_prompt=negative.strip(),
-            seeds=random_seeds(count or settings.max_count, seed),
-            steps=steps or settings.default_steps,
-            guidance=settings.default_guidance if guidance is None else guidance,
-            width=width,
-            height=height,
-        )
-        await submit(interaction, kind=JobKind.IMAGINE, params=params)
 
 
 async def setup(bot: commands.Bot) -> None:

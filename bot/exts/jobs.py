@@ -11,7 +11,6 @@ from discord.ext import commands
 from bot import render
 from bot.client import SDBot
 from bot.permissions import whose
-from bot.submission import cancel, find_job
 
 HISTORY_LENGTH = 15
 
@@ -24,7 +23,7 @@ class Jobs(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(id="Job id")
     async def job(self, interaction: discord.Interaction, id: app_commands.Range[int, 1]) -> None:  # noqa: A002
-        found = await find_job(interaction, id)
+        found = await self.bot.admission.find_job(interaction, id)
         images = await self.bot.store.images(found.id)
         await interaction.response.send_message(embed=render.record_embed(found, images), ephemeral=True)
 
@@ -56,7 +55,7 @@ class Jobs(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(job="Job id")
     async def cancel_job(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
-        await cancel(interaction, job)
+        await self.bot.admission.cancel(interaction, job)
 
 
 async def setup(bot: commands.Bot) -> None:

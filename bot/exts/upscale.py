@@ -9,8 +9,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
-from bot.submission import UPSCALE_STEPS, Upload, pick_source, random_seeds, submit, submit_upscale
-from generation.types import GenerationParams, JobKind, PipelineKind
 
 
 class Upscale(commands.Cog):
@@ -31,20 +29,8 @@ class Upscale(commands.Cog):
         index: app_commands.Range[int, 1, 4] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
-        source = await pick_source(interaction, job, index, image)
-        if not isinstance(source, Upload):
-            await submit_upscale(interaction, *source)
-            return
-        params = GenerationParams(
-            pipeline=PipelineKind.UPSCALE,
-            seeds=random_seeds(1),
-            steps=UPSCALE_STEPS,
-            guidance=0.0,
-            # The source size, down to a multiple of 64 (the engine resizes and says so); output is x2.
-            width=max(64, source.width // 64 * 64),
-            height=max(64, source.height // 64 * 64),
-        )
-        await submit(interaction, kind=JobKind.UPSCALE, params=params, source_path=source.path)
+        admission = self.bot.admission
+        await admission.upscale(interaction, await admission.pick_source(interaction, job, index, image))
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -10,8 +10,6 @@ from discord.ext import commands
 
 from bot.client import SDBot
 from bot.errors import UserError
-from bot.submission import DEFAULT_STRENGTH, Upload, fit, pick_source, random_seeds, submit, submit_variations
-from generation.types import GenerationParams, JobKind, PipelineKind
 
 
 class Variations(commands.Cog):
@@ -40,26 +38,9 @@ class Variations(commands.Cog):
     ) -> None:
         if image is not None and not prompt:
             raise UserError("Describe the uploaded picture with `prompt` so the variations know what to keep.")
-        source = await pick_source(interaction, job, index, image)
-        if not isinstance(source, Upload):
-            await submit_variations(interaction, *source, prompt=prompt, strength=strength, count=count)
-            return
-        assert prompt is not None
-        settings = self.bot.settings
-        native = self.bot.model.native_size
-        target_w, target_h = fit(native * native, source.width / source.height, min_size=settings.min_size,
-                                 max_size=settings.max_size)
-        params = GenerationParams(
-            pipeline=PipelineKind.IMG2IMG,
-            prompt=prompt.strip(),
-            seeds=random_seeds(count or settings.max_count),
-            steps=settings.default_steps,
-            guidance=settings.default_guidance,
-            width=target_w,
-            height=target_h,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-        )
-        await submit(interaction, kind=JobKind.VARIATION, params=params, source_path=source.path)
+        admission = self.bot.admission
+        source = await admission.pick_source(interaction, job, index, image)
+        await admission.variations(interaction, source, prompt=prompt, strength=strength, count=count)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -1,0 +1,259 @@
+"""Admission: turning a member's request (a slash command or a button) into a queued job.
+
+Every path goes through `Admission.submit`: the parameters are built and validated by
+`generation.requests`, then the queue limit and quota are checked, all before anything is answered,
+so a refusal is an ephemeral message that changes nothing. An accepted job is handed to `Delivery`,
+which acknowledges it, queues it and owns its public reply from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+
+from bot.attachments import save_upload
+from bot.delivery import Delivery
+from bot.errors import UserError
+from bot.permissions import is_moderator
+from bot.views import Action
+from generation import requests
+from generation.jobs.image_files import read_if_present
+from generation.jobs.scheduler import JobScheduler
+from generation.requests import RequestLimits
+from sdbot.settings import Settings
+from sdbot.store import QuotaExceeded, Store
+from sdbot.types import (
+    GenerationParams,
+    ImageRow,
+    JobKind,
+    JobRow,
+    JobStatus,
+    NewJob,
+    PipelineKind,
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What admission needs to know about the served model."""
+
+    model_id: str
+    native_size: int
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A picture a member uploaded, checked and stored as PNG."""
+
+    path: Path
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """An image made here, as the source of a variation, upscale or reroll."""
+
+    job: JobRow
+    image: ImageRow
+    path: Path
+
+
+class Admission:
+    def __init__(
+        self, *, settings: Settings, store: Store, scheduler: JobScheduler, delivery: Delivery, model: ModelInfo
+    ) -> None:
+        self.settings = settings
+        self.limits = RequestLimits.from_settings(settings)
+        self.model = model
+        self._store = store
+        self._scheduler = scheduler
+        self._delivery = delivery
+        # One member's requests are checked and queued one at a time, so a burst of commands sees
+        # the jobs queued just before it and is refused up front rather than after the reply started.
+        self._member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def submit(
+        self,
+        interaction: discord.Interaction,
+        kind: JobKind,
+        params: GenerationParams,
+        *,
+        source: ImageRow | None = None,
+        source_path: Path | None = None,
+    ) -> JobRow | None:
+        """Validate, check, store, charge and queue one job, answering the interaction. None when
+        refused after the acknowledgement."""
+        assert interaction.guild_id is not None
+        source_image = await read_if_present(source_path)
+        # A missing source file is regenerated from its seed by the worker, which checks it then.
+        requests.validate(params.model_copy(update={"source_image": source_image}), self.limits)
+        spoilers_allowed = await self._store.nsfw_spoilers_allowed(interaction.guild_id)
+        params = params.model_copy(
+            update={
+                "max_file_bytes": interaction.filesize_limit,
+                "return_flagged": _allow_flagged(interaction, spoilers_allowed),
+            }
+        )
+        flow = (interaction.guild_id, interaction.user.id)
+        new_job = NewJob(
+            kind=kind,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+            params=params,
+            model_id=self.model.model_id,
+            source_job_id=source.job_id if source else None,
+            source_index=source.idx if source else None,
+            source_path=str(source_path) if source_path else None,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+        )
+        async with self._member_locks[flow]:
+            self._scheduler.check_can_submit(flow)
+            quota = await self._store.quota(*flow)
+            if quota.limit is not None and quota.used + params.image_count > quota.limit:
+                raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
+            return await self._delivery.accept(interaction, lambda: self._scheduler.submit(new_job))
+
+    # Finding what a request is about
+
+    async def find_job(self, interaction: discord.Interaction, job_id: int) -> JobRow:
+        """A job of this guild, or a friendly "not found" (ids of other guilds are not found)."""
+        job = await self._store.get_job(job_id, guild_id=interaction.guild_id)
+        if job is None:
+            raise UserError(f"There is no job #{job_id} in this server. `/history` lists your jobs.")
+        return job
+
+    async def find_image(self, interaction: discord.Interaction, job_id: int, number: int) -> Source:
+        """A posted image of a job, with its file (which the worker regenerates if it went missing)."""
+        job = await self.find_job(interaction, job_id)
+        if job.status != JobStatus.DONE:
+            raise UserError(f"Job #{job_id} is {job.status.value}; it has no images yet.")
+        images = await self._store.images(job.id)
+        if not 1 <= number <= len(images):
+            raise UserError(f"Job #{job_id} has {len(images)} image(s); pick a number from 1 to {len(images)}.")
+        image = images[number - 1]
+        if image.path is None:
+            raise UserError(f"Image {number} of job #{job_id} was withheld by the safety checker.")
+        return Source(job, image, Path(image.path))
+
+    async def pick_source(
+        self,
+        interaction: discord.Interaction,
+        job: int | None,
+        index: int | None,
+        image: discord.Attachment | None,
+    ) -> Source | Upload:
+        """The picture /variations or /upscale works on: an image of a job here, or an upload."""
+        if (job is None) == (image is None):
+            raise UserError("Give either `job` and `index` (an image made here) or `image` (an upload).")
+        if job is not None:
+            if index is None:
+                raise UserError(f"Which image of job #{job}? Add `index` (1-4).")
+            return await self.find_image(interaction, job, index)
+        assert image is not None
+        folder = self.settings.output_dir / "uploads"
+        return Upload(*await save_upload(image, max_pixels=self.limits.max_upload_pixels, folder=folder))
+
+    # The requests
+
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        *,
+        prompt: str,
+        negative: str = "",
+        seed: int | None = None,
+        count: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        aspect: str = "1:1",
+    ) -> None:
+        width, height = requests.size_for(aspect, self.model.native_size, self.limits)
+        params = requests.imagine(
+            self.limits, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
+            guidance=guidance, width=width, height=height,
+        )
+        await self.submit(interaction, JobKind.IMAGINE, params)
+
+    async def variations(
+        self,
+        interaction: discord.Interaction,
+        source: Source | Upload,
+        *,
+        prompt: str | None = None,
+        strength: float | None = None,
+        count: int | None = None,
+    ) -> None:
+        if isinstance(source, Source):
+            params = requests.variation_of(
+                self.limits, source.job, source.image, prompt=prompt, strength=strength, count=count
+            )
+            await self.submit(interaction, JobKind.VARIATION, params, source=source.image, source_path=source.path)
+            return
+        assert prompt, "/variations asks for the prompt of an upload before downloading it"
+        params = requests.variation_of_upload(
+            self.limits, self.model.native_size, source.width, source.height,
+            prompt=prompt, strength=strength, count=count,
+        )
+        await self.submit(interaction, JobKind.VARIATION, params, source_path=source.path)
+
+    async def upscale(self, interaction: discord.Interaction, source: Source | Upload) -> None:
+        if isinstance(source, Source):
+            params = requests.upscale_of(source.job, source.image)
+            await self.submit(interaction, JobKind.UPSCALE, params, source=source.image, source_path=source.path)
+            return
+        await self.submit(interaction, JobKind.UPSCALE, requests.upscale(source.width, source.height),
+                          source_path=source.path)
+
+    async def reroll(self, interaction: discord.Interaction, job_id: int, seed: int | None = None) -> None:
+        """The same parameters again: with `seed`, one image that reproduces that seed's image."""
+        job = await self.find_job(interaction, job_id)
+        if job.pipeline != PipelineKind.TEXT2IMG and job.source_path is None:
+            raise UserError(f"Job #{job.id} has no source picture left to reroll from.")
+        source = None
+        if job.source_job_id is not None and job.source_index is not None:
+            images = await self._store.images(job.source_job_id)
+            source = next((i for i in images if i.idx == job.source_index), None)
+        await self.submit(
+            interaction, JobKind.REROLL, requests.reroll(job, seed), source=source,
+            source_path=Path(job.source_path) if job.source_path else None,
+        )
+
+    async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Cancel a queued or running job: the owner's own, or anyone's for a moderator."""
+        job = await self.find_job(interaction, job_id)
+        is_owner = job.user_id == interaction.user.id
+        if not (is_owner or is_moderator(interaction.user)):
+            raise UserError(f"Job #{job_id} belongs to someone else; only they or a moderator can cancel it.")
+        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise UserError(f"Job #{job_id} has already ended ({job.status.value}).")
+        reason = "by its owner" if is_owner else f"by moderator {interaction.user.display_name}"
+        if not await self._scheduler.cancel(job_id, reason):
+            raise UserError(f"Job #{job_id} has just ended; there is nothing to cancel.")
+        if not is_owner:
+            await self._store.audit(job.guild_id, interaction.user.id, "job.cancel", job.user_id, {"job_id": job_id})
+        await interaction.response.send_message(f"Cancelled job #{job_id}; its images were refunded.", ephemeral=True)
+
+    async def press(self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None) -> None:
+        """A result or queue button: a new job for whoever pressed it, with the same checks."""
+        if action == Action.CANCEL:
+            await self.cancel(interaction, job_id)
+        elif action == Action.REROLL:
+            await self.reroll(interaction, job_id)
+        elif action == Action.UPSCALE:
+            await self.upscale(interaction, await self.find_image(interaction, job_id, number or 1))
+        else:
+            await self.variations(interaction, await self.find_image(interaction, job_id, number or 1))
+
+
+def _allow_flagged(interaction: discord.Interaction, spoilers_allowed: bool) -> bool:
+    """Flagged images may be shown (as spoilers) only in age-restricted channels that allow it."""
+    channel = interaction.channel
+    is_nsfw = bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+    return is_nsfw and spoilers_allowed

@@ -1,0 +1,29 @@
+"""`EngineConfig`: the few settings the engine reads (which models, which device), so engine code
+never sees the whole `Settings`."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from sdbot.settings import Settings
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_id: str
+    model_revision: str | None = None
+    safety_model_id: str
+    safety_checker: bool = True
+    upscaler_model_id: str
+    device: str = "auto"
+    torch_compile: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(**settings.model_dump(include=set(cls.model_fields)))
+
+    @property
+    def plain_upscale(self) -> bool:
+        """`SDBOT_UPSCALER_MODEL_ID=none`: a Lanczos resize instead of the latent upscaler."""
+        return self.upscaler_model_id.strip().lower() == "none"

@@ -1,0 +1,223 @@
+"""Loading the diffusers pipelines and the safety checker, each failure turned into one clear
+`ModelLoadError` that names the `SDBOT_*` setting to fix.
+
+Model revisions, for the reproducibility record:
+- hub ids resolve to their snapshot folder in the Hugging Face cache, whose name is the commit hash;
+- local folders get a 16-hex-digit sha256 fingerprint (`folder_fingerprint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import diffusers.utils.logging
+import torch
+import transformers.utils.logging
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+    StableDiffusionLatentUpscalePipeline,
+)
+from diffusers.pipelines.stable_diffusion.safety_checker import (
+    StableDiffusionSafetyChecker,
+)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from transformers import CLIPImageProcessor
+
+from generation.engine.config import EngineConfig
+from generation.engine.devices import is_out_of_memory
+from generation.engine.safety import SafetyChecker
+from generation.errors import ModelLoadError
+from sdbot.settings import ENV_PREFIX
+
+# Per-component "Loading weights" bars are noise in a service log (hub download bars stay on).
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Local-folder fingerprint: files that define the model. Weights up to _FULL_HASH_BYTES are hashed
+# whole; bigger ones (multi-GB checkpoints) by size plus _SAMPLES evenly spaced 64 KiB slices,
+# which include the safetensors header at offset 0 and differ between any two fine-tunes.
+_MODEL_SUFFIXES = frozenset({".json", ".txt", ".model", ".safetensors", ".bin", ".pt", ".pth", ".ckpt"})
+_FULL_HASH_BYTES = 64 * 2**20
+_SAMPLES = 16
+_SAMPLE_BYTES = 64 * 2**10
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    pipe: DiffusionPipeline
+    model_id: str
+    revision: str
+
+
+def load_text2img(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
+    """The main model, with diffusers' own safety checker left out (ours runs batched, separately)."""
+    setting = "model_id"
+    folder, revision = _resolve_pipeline_folder(config.model_id, config.model_revision, setting)
+    pipe = _attempt(
+        lambda: AutoPipelineForText2Image.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        ),
+        setting,
+        config.model_id,
+    )
+    _attempt(lambda: pipe.to(device), setting, config.model_id)
+    pipe.set_progress_bar_config(disable=True)
+    if config.torch_compile:
+        if device.type == "cuda":
+            pipe.unet.compile()  # in place: the img2img pipeline shares this module
+        else:
+            log.warning("SDBOT_TORCH_COMPILE is ignored on %s: it only pays off on CUDA", device.type)
+    return LoadedPipeline(pipe, config.model_id, revision)
+
+
+def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
+    """Image-to-image on the same modules: no second copy of the weights."""
+    try:
+        pipe = AutoPipelineForImage2Image.from_pipe(text2img.pipe)
+    except ValueError as error:  # no image-to-image counterpart for this pipeline class
+        raise ModelLoadError(
+            f"could not use {_name('model_id')}={text2img.model_id!r} for variations: {_first_line(error)}"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, text2img.model_id, text2img.revision)
+
+
+def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
+    setting = "upscaler_model_id"
+    model_id = config.upscaler_model_id
+    folder, revision = _resolve_pipeline_folder(model_id, None, setting)
+    pipe = _attempt(
+        lambda: StableDiffusionLatentUpscalePipeline.from_pretrained(folder, dtype=dtype), setting, model_id
+    )
+    _attempt(lambda: pipe.to(device), setting, model_id)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, model_id, revision)
+
+
+def load_safety_checker(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> SafetyChecker:
+    setting = "safety_model_id"
+    model_id = config.safety_model_id
+    _refuse_missing_folder(model_id, setting)
+    model = _attempt(
+        lambda: StableDiffusionSafetyChecker.from_pretrained(model_id, dtype=dtype), setting, model_id
+    )
+    processor = _attempt(lambda: CLIPImageProcessor.from_pretrained(model_id), setting, model_id)
+    return _attempt(lambda: SafetyChecker(model, processor, device), setting, model_id)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over each model file's relative path and size, plus its contents (whole, or sampled
+    for big weights: see _FULL_HASH_BYTES). Hidden folders (caches) are skipped."""
+    digest = hashlib.sha256()
+    files = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix in _MODEL_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with path.open("rb") as file:
+            if size <= _FULL_HASH_BYTES:
+                digest.update(file.read())
+                continue
+            for index in range(_SAMPLES):
+                file.seek(index * (size - _SAMPLE_BYTES) // (_SAMPLES - 1))
+                digest.update(file.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def _resolve_pipeline_folder(model_id: str, revision: str | None, setting: str) -> tuple[Path, str]:
+    """A local folder as is, or a hub id downloaded (or found in the cache) at `revision`."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        if revision:
+            log.warning("%s is ignored for the local folder %s", _name("model_revision"), local)
+        return local, folder_fingerprint(local)
+    _refuse_missing_folder(model_id, setting)
+    folder = Path(_attempt(lambda: DiffusionPipeline.download(model_id, revision=revision), setting, model_id))
+    # The hub cache keeps each download under snapshots/<commit hash>/.
+    return folder, folder.name if folder.parent.name == "snapshots" else folder_fingerprint(folder)
+
+
+def _refuse_missing_folder(model_id: str, setting: str) -> None:
+    """Something that can only be a path (not `org/name`) must exist, or we would ask the hub."""
+    if Path(model_id).expanduser().is_dir():
+        return
+    looks_like_path = model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or "\\" in model_id
+    if looks_like_path:
+        raise ModelLoadError(f"could not load {_name(setting)}={model_id!r}: there is no such folder")
+
+
+def _attempt(action: Callable[[], T], setting: str, model_id: str) -> T:
+    """Run a load step; any failure becomes one ModelLoadError line naming the setting."""
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001 - every failure gets the same one-line treatment
+        raise ModelLoadError(f"could not load {_name(setting)}={model_id!r}: {_explain(error)}") from None
+
+
+def _explain(error: Exception) -> str:
+    """One line for the most telling error in the chain (diffusers wraps hub errors in OSError)."""
+    chain = _chain(error)
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(item, types) for item in chain)
+
+    def says(*phrases: str) -> bool:
+        return any(phrase in str(item).lower() for item in chain for phrase in phrases)
+
+    # Subclasses before their bases: GatedRepoError is a RepositoryNotFoundError, and so on.
+    if has(GatedRepoError):
+        return "the repository is gated: accept its terms on huggingface.co and log in (`hf auth login`)"
+    if has(RepositoryNotFoundError, HFValidationError) or says("neither a valid local path nor a valid repo id"):
+        return "not found on the Hugging Face hub and not a local folder"
+    if has(RevisionNotFoundError):
+        return f"the revision in {_name('model_revision')} does not exist in that repository"
+    if has(LocalEntryNotFoundError, ConnectionError) or says("not fully cached", "couldn't connect"):
+        reason = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else "offline?"
+        return f"not in the local Hugging Face cache, and the hub could not be reached ({reason})"
+    if has(EntryNotFoundError) or says("no file named"):
+        return f"files are missing: {_first_line(error)}"
+    if has(MemoryError) or any(is_out_of_memory(item) for item in chain):
+        return f"not enough memory to load it ({_first_line(error)}); try a smaller model or {_name('device')}"
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

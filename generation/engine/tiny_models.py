@@ -1,0 +1,262 @@
+"""Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
+
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes three folders that the production loading code reads exactly like hub
+downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
+tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
+`CLIPImageProcessor`, and a x2 latent upscaler pipeline. The "tiny" shape runs a 64x64 image in a
+fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
+compute as the real model, random weights) for GPU benchmarks.
+
+The tokenizer is built in code: every byte is a token and there are no merges, so prompts cost about
+one token per character (a real CLIP tokenizer needs roughly one per word).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionLatentUpscalePipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.pipelines.stable_diffusion.safety_checker import (
+    StableDiffusionSafetyChecker,
+)
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from generation.engine.config import EngineConfig
+from sdbot.settings import Settings
+
+ModelShape = Literal["tiny", "sd-turbo"]
+
+# SD-Turbo's scheduler config: few-step sampling needs trailing timestep spacing.
+_SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+}
+
+# Per shape: UNet, VAE and text-encoder keyword arguments, and the safety checker's vision tower.
+# Tiny: VAE scale factor 2 and UNet sample_size 32 make the native size 64 px.
+_SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "unet": {
+            "block_out_channels": (16, 32),
+            "layers_per_block": 1,
+            "sample_size": 32,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 4,
+            "norm_num_groups": 8,
+        },
+        "vae": {
+            "block_out_channels": (8, 16),
+            "down_block_types": ("DownEncoderBlock2D",) * 2,
+            "up_block_types": ("UpDecoderBlock2D",) * 2,
+            "layers_per_block": 1,
+            "norm_num_groups": 4,
+            "sample_size": 64,
+        },
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2},
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 32,
+        },
+    },
+    "sd-turbo": {
+        "unet": {
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "sample_size": 64,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
+        "vae": {
+            "block_out_channels": (128, 256, 512, 512),
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "layers_per_block": 2,
+            "sample_size": 768,
+        },
+        "text": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 23,
+            "hidden_act": "gelu",
+            "projection_dim": 512,
+        },
+        "vision": {  # CLIP ViT-L/14, as in CompVis/stable-diffusion-safety-checker
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 24,
+            "image_size": 224,
+            "patch_size": 14,
+            "projection_dim": 768,
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class TinyModelPaths:
+    """Folders written by `make_tiny_models`; `settings()` points an engine at them."""
+
+    pipeline: Path
+    safety_checker: Path
+    upscaler: Path
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model_id": str(self.pipeline),
+            "safety_model_id": str(self.safety_checker),
+            "upscaler_model_id": str(self.upscaler),
+            "device": "cpu",
+        }
+        return Settings(**(values | overrides))
+
+    def engine_config(self, **overrides: Any) -> EngineConfig:
+        return EngineConfig.from_settings(self.settings(**overrides))
+
+
+def make_tiny_models(
+    directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False
+) -> TinyModelPaths:
+    """Write the pipeline, safety checker and upscaler folders under `directory`."""
+    directory = Path(directory)
+    paths = TinyModelPaths(
+        pipeline=directory / "pipeline",
+        safety_checker=directory / "safety-checker",
+        upscaler=directory / "upscaler",
+    )
+    torch.manual_seed(0)
+    _text2img_pipeline(shape).save_pretrained(paths.pipeline)
+    make_safety_checker(paths.safety_checker, shape=shape, flag_everything=flag_everything)
+    # The upscaler is not benchmarked, so every shape gets the tiny one.
+    _latent_upscaler().save_pretrained(paths.upscaler)
+    return paths
+
+
+def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False) -> Path:
+    """Write a `StableDiffusionSafetyChecker` folder. Concept thresholds of 1.0 can never be
+    exceeded by a cosine similarity, so the normal checker flags nothing; thresholds of -2.0 are
+    always exceeded, so `flag_everything` flags every image."""
+    torch.manual_seed(0)
+    vision = _SHAPES[shape]["vision"]
+    config = CLIPConfig(
+        text_config=_text_config(shape).to_dict(), vision_config=vision, projection_dim=vision["projection_dim"]
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    threshold = -2.0 if flag_everything else 1.0
+    with torch.no_grad():
+        checker.concept_embeds.normal_()
+        checker.special_care_embeds.normal_()
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    checker.save_pretrained(directory)
+    side = vision["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
+        directory
+    )
+    return Path(directory)
+
+
+def _tokenizer() -> CLIPTokenizer:
+    # One token per byte (and per byte at a word end), plus CLIP's start and end tokens.
+    symbols = list(bytes_to_unicode().values())
+    vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _text_config(shape: ModelShape) -> CLIPTextConfig:
+    vocab_size = 2 * 256 + 2  # matches _tokenizer()
+    return CLIPTextConfig(
+        vocab_size=vocab_size if shape == "tiny" else 49408,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        max_position_embeddings=77,
+        **_SHAPES[shape]["text"],
+    )
+
+
+def _text2img_pipeline(shape: ModelShape) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        unet=UNet2DConditionModel(in_channels=4, out_channels=4, **_SHAPES[shape]["unet"]),
+        vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **_SHAPES[shape]["vae"]),
+        text_encoder=CLIPTextModel(_text_config(shape)),
+        tokenizer=_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:
+    # Laid out like stabilityai/sd-x2-latent-upscaler (K-diffusion blocks, Fourier time embedding,
+    # low-res latents concatenated to the input, a variance channel in the output), scaled down.
+    # time_cond_proj_dim = 128 noise-level features + the text encoder's pooled output (32).
+    text = _text_config("tiny")
+    unet = UNet2DConditionModel(
+        act_fn="gelu",
+        attention_head_dim=8,
+        norm_num_groups=None,
+        block_out_channels=(32, 32, 64, 64),
+        time_cond_proj_dim=128 + text.hidden_size,
+        conv_in_kernel=1,
+        conv_out_kernel=1,
+        cross_attention_dim=text.hidden_size,
+        down_block_types=("KDownBlock2D",) + ("KCrossAttnDownBlock2D",) * 3,
+        up_block_types=("KCrossAttnUpBlock2D",) * 3 + ("KUpBlock2D",),
+        in_channels=8,
+        out_channels=5,
+        mid_block_type=None,
+        only_cross_attention=False,
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier",
+        timestep_post_act="gelu",
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+    return StableDiffusionLatentUpscalePipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="sample"),
+    )

@@ -1,0 +1,380 @@
+"""The fair-share job queue: start-time fair queuing (SFQ) across users, with batching.
+
+Each flow (a member of a guild) keeps its own FIFO of jobs, so a user's jobs are never reordered;
+only the head of each flow carries a start tag, and a heap of heads gives the next job in O(log n).
+A head's tag is max(virtual time, the flow's last finish tag): an idle user cannot bank credit, and
+a user with 40 queued jobs advances by one job's cost per job while others are served in between.
+Finish tags are charged at dequeue with the estimated work / weight and corrected when the job's
+measured time comes back.
+
+The same heads are also kept in one heap per batch key, so filling a batch with the next heads in
+fair order that share the leader's key costs O(log n) per job taken. Superseded heap entries are
+dropped lazily (each head entry carries the flow's version) and the heaps are rebuilt once stale
+entries outnumber live ones, so memory stays proportional to queued jobs.
+
+Pure and synchronous: no I/O, no asyncio; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from generation.errors import QueueRefused
+from generation.jobs.cost import SecondsPerUnit
+
+T = TypeVar("T")
+
+Flow = tuple[int, int]  # (guild_id, user_id)
+
+# A head in a heap: (start tag, arrival seq, flow version, flow). Equal tags go in arrival order.
+_Entry = tuple[float, int, int, Flow]
+
+# A measured time more than this many times the estimate (or less than its inverse) is clamped when
+# charged, so a one-off stall (a model load, a swap) does not punish the user who happened to hit it.
+MAX_CORRECTION = 4.0
+
+
+@dataclass(eq=False, slots=True)
+class QueuedJob(Generic[T]):
+    id: int
+    flow: Flow
+    work: float  # estimated work units (generation.jobs.cost.work_units)
+    images: int
+    batch_key: Hashable  # jobs with equal keys can run in one engine call
+    payload: T
+    seq: int = field(default=-1, init=False)  # arrival order, set by the queue
+
+
+@dataclass(eq=False, slots=True)
+class _FlowState(Generic[T]):
+    key: Flow
+    finish: float  # finish tag of the flow's last dequeued job
+    jobs: OrderedDict[int, QueuedJob[T]] = field(default_factory=OrderedDict)
+    floor: float = 0.0  # virtual time when the current head became head
+    head_tag: float = 0.0
+    version: int = 0  # bumped whenever the head or its tag changes: older heap entries are stale
+    in_service: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    started: float
+    work: float
+    open_jobs: int
+
+
+@dataclass(slots=True)
+class _Charge:
+    flow: Flow
+    work: float
+    weight: float  # the weight the job was charged with, so a later set_weight cannot skew it
+    batch: _Batch
+
+
+class FairQueue(Generic[T]):
+    def __init__(
+        self,
+        *,
+        max_per_flow: int,
+        capacity: int,
+        rate: SecondsPerUnit | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_per_flow = max_per_flow
+        self.capacity = capacity
+        self.rate = rate or SecondsPerUnit()
+        self._clock = clock
+        self._vtime = 0.0
+        self._max_finish = 0.0
+        self._seq = itertools.count()
+        self._flows: dict[Flow, _FlowState[T]] = {}
+        self._where: dict[int, _FlowState[T]] = {}  # queued job id -> its flow
+        self._weights: dict[Flow, float] = {}  # only flows whose weight is not 1
+        self._heads: list[_Entry] = []
+        self._heads_by_key: dict[Hashable, list[_Entry]] = {}
+        self._pushes = 0  # head entries pushed since the heaps were last rebuilt
+        # Flows with nothing queued or running whose finish tag is still ahead of virtual time;
+        # they are forgotten once virtual time passes it (forgetting earlier would let them bank).
+        self._idle: list[tuple[float, Flow]] = []
+        self._charges: dict[int, _Charge] = {}  # dequeued, not yet finished: job id -> charge
+        self._batches: set[_Batch] = set()
+
+    # Admission
+
+    def check_can_submit(self, flow: Flow) -> None:
+        """Raise QueueRefused, with a reason fit for the user, if `flow` may not queue a job now."""
+        state = self._flows.get(flow)
+        queued = len(state.jobs) if state else 0
+        if queued >= self.max_per_flow:
+            jobs = "job" if queued == 1 else "jobs"
+            raise QueueRefused(
+                f"you already have {queued} {jobs} queued; wait for one to finish or /cancel one"
+            )
+        if len(self._where) >= self.capacity:
+            raise QueueRefused(f"the queue is full ({self.capacity} jobs); try again in a few minutes")
+
+    def submit(self, job: QueuedJob[T], *, bypass_limits: bool = False) -> None:
+        """Queue a job behind its flow's others. `bypass_limits` is for jobs accepted before a restart."""
+        if job.id in self._where or job.id in self._charges:
+            raise ValueError(f"job {job.id} is already queued or running")
+        if not bypass_limits:
+            self.check_can_submit(job.flow)
+        job.seq = next(self._seq)
+        state = self._state(job.flow)
+        state.jobs[job.id] = job
+        self._where[job.id] = state
+        if len(state.jobs) == 1:
+            self._new_head(state)
+
+    # Service
+
+    def take_batch(self, max_images: int) -> list[QueuedJob[T]]:
+        """The next job in fair order plus, in fair order, following flow heads with its batch key,
+        up to `max_images` images in all. Empty when nothing is queued; never waits."""
+        leader_flow = self._pop_valid(self._heads)
+        if leader_flow is None:
+            return []
+        taken = [self._take(leader_flow)]
+        room = max_images - taken[0][0].images
+        same_key = self._heads_by_key.get(taken[0][0].batch_key)
+        while room > 0 and same_key:
+            state = self._peek_valid(same_key)
+            if state is None or _head(state).images > room:
+                break
+            heapq.heappop(same_key)
+            taken.append(self._take(state))
+            room -= taken[-1][0].images
+        batch = [job for job, _ in taken]
+        running = _Batch(self._clock(), sum(job.work for job in batch), len(batch))
+        self._batches.add(running)
+        for job, weight in taken:
+            self._charges[job.id] = _Charge(job.flow, job.work, weight, running)
+        self._forget_idle_flows()
+        return batch
+
+    def complete(self, job_ids: Iterable[int], elapsed_s: float) -> None:
+        """Jobs that ran together in one engine call finished after `elapsed_s`: update the rate
+        and correct each flow's charge by the difference between measured and estimated cost."""
+        charges = [self._charges.pop(job_id) for job_id in job_ids if job_id in self._charges]
+        work = sum(charge.work for charge in charges)
+        if self.rate.measured and self.rate.value > 0 and work > 0:
+            ratio = elapsed_s / (self.rate.value * work)
+            ratio = min(MAX_CORRECTION, max(1 / MAX_CORRECTION, ratio))
+            for charge in charges:
+                self._correct(self._flows[charge.flow], charge.work * (ratio - 1) / charge.weight)
+        self.rate.observe(elapsed_s, work)
+        for charge in charges:
+            self._settle(charge)
+
+    def release(self, job_ids: Iterable[int]) -> None:
+        """Dequeued jobs that ended without a measurement (failed, cancelled); already settled ids
+        are ignored."""
+        for job_id in job_ids:
+            charge = self._charges.pop(job_id, None)
+            if charge is not None:
+                self._settle(charge)
+
+    def requeue_front(self, job: QueuedJob[T]) -> None:
+        """Put a dequeued job (its worker died) back ahead of its flow's other jobs, refunding its
+        charge so the flow is not billed twice."""
+        if job.id in self._where:
+            raise ValueError(f"job {job.id} is already queued")
+        state = self._state(job.flow)
+        state.jobs[job.id] = job
+        state.jobs.move_to_end(job.id, last=False)
+        self._where[job.id] = state
+        charge = self._charges.pop(job.id, None)
+        if charge is not None:
+            state.finish -= charge.work / charge.weight
+            self._settle(charge)
+        self._new_head(state)
+
+    def cancel(self, job_id: int) -> bool:
+        """Remove a queued job; False if it is not queued (running jobs are the worker's)."""
+        state = self._where.pop(job_id, None)
+        if state is None:
+            return False
+        was_head = next(iter(state.jobs)) == job_id
+        del state.jobs[job_id]
+        if was_head:
+            self._new_head(state)
+        self._forget_idle_flows()
+        return True
+
+    # Shares
+
+    def weight(self, flow: Flow) -> float:
+        return self._weights.get(flow, 1.0)
+
+    def set_weight(self, flow: Flow, weight: float) -> None:
+        """A flow with weight 2 gets twice the service of a weight-1 flow while both wait.
+        Applies to jobs dequeued from now on."""
+        if weight <= 0:
+            raise ValueError("weight must be positive")
+        if weight == 1.0:
+            self._weights.pop(flow, None)
+        else:
+            self._weights[flow] = weight
+
+    # Views
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._where
+
+    def jobs_of(self, flow: Flow) -> list[QueuedJob[T]]:
+        state = self._flows.get(flow)
+        return list(state.jobs.values()) if state else []
+
+    def position(self, job_id: int, *, workers: int = 1) -> tuple[int, float] | None:
+        """(jobs served before it, seconds until it is done) if no new job arrived; O(n).
+
+        The ETA counts the running batches' remaining time and the work ahead shared among
+        `workers`, then the job's own run, at the measured seconds per work unit."""
+        state = self._where.get(job_id)
+        if state is None:
+            return None
+        own = state.jobs[job_id]
+        target = next((tag, seq) for tag, seq, job in self._forecast(state) if job is own)
+        ahead, ahead_work = 0, 0.0
+        for other in self._flows.values():
+            for tag, seq, job in self._forecast(other):
+                if (tag, seq) >= target:
+                    break
+                ahead += 1
+                ahead_work += job.work
+        now = self._clock()
+        seconds = self.rate.value
+        running = sum(max(0.0, b.work * seconds - (now - b.started)) for b in self._batches)
+        return ahead, (running + ahead_work * seconds) / max(1, workers) + own.work * seconds
+
+    # Internals
+
+    def _state(self, flow: Flow) -> _FlowState[T]:
+        state = self._flows.get(flow)
+        if state is None:
+            # A new (or forgotten) flow starts at virtual time: the same as one that never left.
+            state = self._flows[flow] = _FlowState(flow, finish=self._vtime)
+        return state
+
+    def _forecast(self, state: _FlowState[T]) -> Iterator[tuple[float, int, QueuedJob[T]]]:
+        """The flow's queued jobs with the start tags they will get if nothing else changes: each
+        job starts where the one before it finishes."""
+        tag, weight = state.head_tag, self.weight(state.key)
+        for job in state.jobs.values():
+            yield tag, job.seq, job
+            tag += job.work / weight
+
+    def _take(self, state: _FlowState[T]) -> tuple[QueuedJob[T], float]:
+        """Dequeue the flow's head and charge the flow its estimated cost; returns the job and
+        the weight it was charged with."""
+        _, job = state.jobs.popitem(last=False)
+        del self._where[job.id]
+        weight = self.weight(state.key)
+        self._vtime = max(self._vtime, state.head_tag)
+        state.finish = state.head_tag + job.work / weight
+        self._max_finish = max(self._max_finish, state.finish)
+        state.in_service += 1
+        self._new_head(state)
+        return job, weight
+
+    def _settle(self, charge: _Charge) -> None:
+        charge.batch.open_jobs -= 1
+        if charge.batch.open_jobs == 0:
+            self._batches.discard(charge.batch)
+        state = self._flows[charge.flow]
+        state.in_service -= 1
+        self._forget_if_idle(state)
+
+    def _correct(self, state: _FlowState[T], delta: float) -> None:
+        state.finish += delta
+        self._max_finish = max(self._max_finish, state.finish)
+        if state.jobs:
+            self._push_head(state)
+
+    def _new_head(self, state: _FlowState[T]) -> None:
+        """The flow's head changed: it can start no earlier than now in virtual time."""
+        state.floor = self._vtime
+        self._push_head(state)
+
+    def _push_head(self, state: _FlowState[T]) -> None:
+        state.version += 1
+        if not state.jobs:
+            self._forget_if_idle(state)
+            return
+        state.head_tag = max(state.floor, state.finish)
+        head = _head(state)
+        entry = (state.head_tag, head.seq, state.version, state.key)
+        heapq.heappush(self._heads, entry)
+        heapq.heappush(self._heads_by_key.setdefault(head.batch_key, []), entry)
+        # Every push leaves at most one stale entry behind in each heap; rebuilding after
+        # 2F + 64 pushes bounds the heaps by O(flows) at O(1) amortized cost.
+        self._pushes += 1
+        if self._pushes > 2 * len(self._flows) + 64:
+            self._rebuild_heaps()
+
+    def _valid(self, entry: _Entry) -> _FlowState[T] | None:
+        state = self._flows.get(entry[3])
+        return state if state is not None and state.version == entry[2] else None
+
+    def _peek_valid(self, heap: list[_Entry]) -> _FlowState[T] | None:
+        while heap:
+            state = self._valid(heap[0])
+            if state is not None:
+                return state
+            heapq.heappop(heap)
+        return None
+
+    def _pop_valid(self, heap: list[_Entry]) -> _FlowState[T] | None:
+        state = self._peek_valid(heap)
+        if state is not None:
+            heapq.heappop(heap)
+        return state
+
+    def _rebuild_heaps(self) -> None:
+        self._heads = []
+        self._heads_by_key = {}
+        for state in self._flows.values():
+            if state.jobs:
+                head = _head(state)
+                entry = (state.head_tag, head.seq, state.version, state.key)
+                self._heads.append(entry)
+                self._heads_by_key.setdefault(head.batch_key, []).append(entry)
+        heapq.heapify(self._heads)
+        for heap in self._heads_by_key.values():
+            heapq.heapify(heap)
+        self._pushes = 0
+
+    def _forget_if_idle(self, state: _FlowState[T]) -> None:
+        if state.jobs or state.in_service:
+            return
+        if state.finish <= self._vtime:
+            del self._flows[state.key]
+        else:
+            heapq.heappush(self._idle, (state.finish, state.key))
+
+    def _forget_idle_flows(self) -> None:
+        if not self._where:
+            # The backlog drained (SFQ's end of a busy period): nobody waits, so nobody is owed
+            # anything; all flows start level again, and every heap entry is stale.
+            self._vtime = max(self._vtime, self._max_finish)
+            self._heads.clear()
+            self._heads_by_key.clear()
+            self._pushes = 0
+        while self._idle and self._idle[0][0] <= self._vtime:
+            _, flow = heapq.heappop(self._idle)
+            state = self._flows.get(flow)
+            if state is not None:
+                self._forget_if_idle(state)
+
+
+def _head(state: _FlowState[T]) -> QueuedJob[T]:
+    return next(iter(state.jobs.values()))

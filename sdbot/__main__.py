@@ -1,5 +1,0 @@
-import sys
-
-from sdbot.cli import main
-
-sys.exit(main())

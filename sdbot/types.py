@@ -1,0 +1,198 @@
+"""The shared types: what to generate, what came out, and the job and image records the store keeps.
+
+Plain values (no tensors, no Discord objects) so they can be queued, stored in SQLite and, for
+remote workers, pickled across processes. Imports nothing of this project.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**32 - 1
+
+
+class JobKind(StrEnum):
+    """What the user asked for; stored with the job."""
+
+    IMAGINE = "imagine"
+    VARIATION = "variation"
+    UPSCALE = "upscale"
+    REROLL = "reroll"
+
+
+class PipelineKind(StrEnum):
+    """Which diffusers pipeline serves a job; jobs of one kind and shape can share a batch."""
+
+    TEXT2IMG = "text2img"
+    IMG2IMG = "img2img"
+    UPSCALE = "upscale"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class GenerationParams(BaseModel):
+    """Everything the engine needs to produce one job's images, one image per seed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pipeline: PipelineKind
+    prompt: str = ""
+    negative_prompt: str = ""
+    seeds: tuple[int, ...] = Field(min_length=1)
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    # Image-to-image only: how far the result may move away from the source (0.1-1.0).
+    strength: float | None = None
+    # Image-to-image and upscale: the source picture as encoded bytes (PNG, JPEG or WebP).
+    source_image: bytes | None = Field(default=None, repr=False)
+    # Largest encoded file the caller can deliver (Discord's upload limit); None means no limit.
+    max_file_bytes: int | None = None
+    # Only callers that may show flagged images (as spoilers) get their pixels back.
+    return_flagged: bool = False
+
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None]:
+        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
+        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength)
+
+
+class GenerationRecord(BaseModel):
+    """How one image was made: enough to reproduce it, and written into its PNG."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    strength: float | None
+    pipeline: PipelineKind
+    scheduler: str
+    model_id: str
+    model_revision: str
+    dtype: str
+    device: str
+    versions: dict[str, str]
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class GeneratedImage(BaseModel):
+    """One output image. `data` is None when the safety checker flagged it and the caller
+    did not ask for flagged pixels."""
+
+    index: int
+    seed: int
+    width: int
+    height: int
+    data: bytes | None = Field(repr=False)
+    format: str  # file extension without dot: "png", "webp" or "jpeg"
+    flagged: bool
+    nsfw_score: float | None = None
+    record: GenerationRecord
+
+
+class JobOutput(BaseModel):
+    """The engine's answer for one job of a batch."""
+
+    images: list[GeneratedImage]
+    warnings: list[str] = Field(default_factory=list)
+    # Wall time of the batch this job ran in, split by the batch size (for ETA and cost correction).
+    elapsed_s: float = 0.0
+
+
+class NewJob(BaseModel):
+    """A job as the bot submits it, before it has an id."""
+
+    kind: JobKind
+    guild_id: int
+    channel_id: int
+    user_id: int
+    params: GenerationParams
+    model_id: str
+    source_job_id: int | None = None
+    source_index: int | None = None
+    source_path: str | None = None
+    application_id: int | None = None
+    interaction_token: str | None = None
+
+
+class JobRow(BaseModel):
+    id: int
+    kind: JobKind
+    guild_id: int
+    channel_id: int
+    user_id: int
+    pipeline: PipelineKind
+    prompt: str
+    negative_prompt: str
+    seeds: list[int]
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    strength: float | None
+    scheduler: str | None
+    model_id: str
+    model_revision: str | None
+    source_job_id: int | None
+    source_index: int | None
+    source_path: str | None
+    return_flagged: bool
+    status: JobStatus
+    status_reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    application_id: int | None
+    interaction_token: str | None
+    response_message_id: int | None
+    result_message_id: int | None
+
+    @property
+    def image_count(self) -> int:
+        return len(self.seeds)
+
+    def params(self, source_image: bytes | None = None) -> GenerationParams:
+        """The engine parameters; the source picture is read from disk by the caller."""
+        return GenerationParams(
+            pipeline=self.pipeline,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seeds=tuple(self.seeds),
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            strength=self.strength,
+            source_image=source_image,
+            return_flagged=self.return_flagged,
+        )
+
+
+class ImageRow(BaseModel):
+    job_id: int
+    idx: int
+    seed: int
+    width: int
+    height: int
+    path: str | None
+    format: str | None
+    flagged: bool
+    nsfw_score: float | None
+    record: dict[str, Any]

@@ -1,0 +1,143 @@
+"""Text-to-image through the real engine on the tiny model: outputs, seeds, progress, cancelling,
+warnings and load errors."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generation.engine.diffusion import DiffusionEngine
+from generation.engine.png_metadata import read_record
+from generation.engine.tiny_models import TinyModelPaths
+from generation.errors import Cancelled, InvalidRequest, ModelLoadError, OutOfMemory
+from sdbot.types import GeneratedImage, PipelineKind
+from tests.fakes.params import ignore_steps, never, text2img
+
+
+def pixels(image: GeneratedImage) -> np.ndarray:
+    assert image.data is not None
+    return np.asarray(Image.open(BytesIO(image.data)).convert("RGB"), dtype=np.int16)
+
+
+def test_imagine_returns_one_png_per_seed_with_its_record(tiny_engine: DiffusionEngine) -> None:
+    (output,) = tiny_engine.run_batch([text2img("a red fox", seeds=(11, 12))], ignore_steps, never)
+
+    assert [image.seed for image in output.images] == [11, 12]
+    assert [image.index for image in output.images] == [0, 1]
+    assert output.warnings == []
+    assert output.elapsed_s > 0
+    for image in output.images:
+        assert image.format == "png" and (image.width, image.height) == (64, 64)
+        assert Image.open(BytesIO(image.data or b"")).size == (64, 64)
+        assert not image.flagged and image.nsfw_score is not None
+        record = image.record
+        assert (record.prompt, record.seed, record.steps, record.width) == ("a red fox", image.seed, 2, 64)
+        assert record.pipeline is PipelineKind.TEXT2IMG
+        assert record.scheduler == "EulerDiscreteScheduler"
+        assert record.model_revision == tiny_engine.model_revision and len(record.model_revision) == 16
+        assert (record.dtype, record.device) == ("float32", "cpu")
+        assert set(record.versions) == {"torch", "diffusers", "transformers"}
+        assert read_record(image.data or b"") == record
+
+
+def test_engine_reports_model_facts(tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths) -> None:
+    assert tiny_engine.native_size == 64
+    assert tiny_engine.model_id == str(tiny_models.pipeline)
+    assert (tiny_engine.device, tiny_engine.dtype) == ("cpu", "float32")
+
+
+def test_same_seed_gives_identical_pixels_and_other_seeds_differ(tiny_engine: DiffusionEngine) -> None:
+    first = tiny_engine.run_batch([text2img(seeds=(7, 8))], ignore_steps, never)[0].images
+    again = tiny_engine.run_batch([text2img(seeds=(7, 8))], ignore_steps, never)[0].images
+
+    assert np.array_equal(pixels(first[0]), pixels(again[0]))
+    assert np.array_equal(pixels(first[1]), pixels(again[1]))
+    assert np.abs(pixels(first[0]) - pixels(first[1])).mean() > 5  # clearly different pictures
+
+
+def test_an_image_in_a_batch_matches_its_seed_run_alone(tiny_engine: DiffusionEngine) -> None:
+    # The documented tolerance: batched float rounding moves pixels by at most 2 levels of 255
+    # (measured: 0-1), whatever the other prompts and seeds in the batch are.
+    cat = text2img("a cat", seeds=(21, 22, 23), guidance=5.0, negative_prompt="blurry")
+    dog = text2img("a dog on a hill", seeds=(24,), guidance=5.0)
+    batched = tiny_engine.run_batch([cat, dog], ignore_steps, never)
+    together = batched[0].images + batched[1].images
+
+    alone = [
+        tiny_engine.run_batch([params.model_copy(update={"seeds": (seed,)})], ignore_steps, never)[0].images[0]
+        for params in (cat, dog)
+        for seed in params.seeds
+    ]
+    worst = max(int(np.abs(pixels(a) - pixels(b)).max()) for a, b in zip(together, alone, strict=True))
+    assert worst <= 2
+
+
+def test_on_step_reports_each_step_with_the_total(tiny_engine: DiffusionEngine) -> None:
+    steps: list[tuple[int, int]] = []
+    tiny_engine.run_batch([text2img(steps=3)], lambda step, total: steps.append((step, total)), never)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_should_stop_cancels_between_steps(tiny_engine: DiffusionEngine) -> None:
+    steps: list[int] = []
+    with pytest.raises(Cancelled):
+        tiny_engine.run_batch([text2img(steps=4)], lambda step, total: steps.append(step), lambda: bool(steps))
+    assert steps == [1]  # stopped after the first step, not at the end
+
+    with pytest.raises(Cancelled):
+        tiny_engine.run_batch([text2img()], ignore_steps, lambda: True)
+
+
+def test_prompt_over_77_tokens_is_truncated_with_a_warning(tiny_engine: DiffusionEngine) -> None:
+    prompt = "a very detailed painting of a castle " * 4  # the tiny tokenizer: one token per letter
+    (output,) = tiny_engine.run_batch([text2img(prompt)], ignore_steps, never)
+    assert len(output.images) == 1
+    (warning,) = output.warnings
+    assert "tokens long" in warning and "reads only the first 75" in warning and "castle" in warning
+
+
+def test_negative_prompt_without_guidance_gets_a_warning(tiny_engine: DiffusionEngine) -> None:
+    (output,) = tiny_engine.run_batch([text2img(negative_prompt="blurry", guidance=0.0)], ignore_steps, never)
+    assert output.warnings == ["the negative prompt has no effect at a guidance (CFG scale) of 1 or less"]
+    assert output.images[0].record.negative_prompt == "blurry"
+
+
+def test_jobs_of_different_shapes_cannot_share_a_batch(tiny_engine: DiffusionEngine) -> None:
+    with pytest.raises(InvalidRequest, match="must share"):
+        tiny_engine.run_batch([text2img(), text2img(width=128)], ignore_steps, never)
+
+
+def test_device_out_of_memory_becomes_out_of_memory(
+    tiny_engine: DiffusionEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tiny_engine, "_diffuse", exhausted)
+    with pytest.raises(OutOfMemory, match="ran out of memory for 3 image"):
+        tiny_engine.run_batch([text2img(seeds=(1, 2, 3))], ignore_steps, never)
+
+
+def test_missing_model_folder_is_a_clear_load_error(tiny_models: TinyModelPaths, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError) as caught:
+        DiffusionEngine.load(tiny_models.engine_config(model_id=str(missing)))
+    assert str(caught.value) == f"could not load SDBOT_MODEL_ID={str(missing)!r}: there is no such folder"
+
+
+def test_folder_without_a_pipeline_is_a_clear_load_error(tiny_models: TinyModelPaths) -> None:
+    with pytest.raises(ModelLoadError, match=r"SDBOT_MODEL_ID=.*files are missing.*model_index\.json"):
+        DiffusionEngine.load(tiny_models.engine_config(model_id=str(tiny_models.safety_checker)))
+
+
+def test_uncached_hub_id_offline_is_a_clear_load_error(tiny_models: TinyModelPaths) -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        DiffusionEngine.load(tiny_models.engine_config(model_id="sdbot-tests/not-a-real-model"))
+    assert "SDBOT_MODEL_ID='sdbot-tests/not-a-real-model'" in str(caught.value)
+    assert "HF_HUB_OFFLINE is set" in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,133 @@
+"""The one place requests are built and checked: what is refused, with the message the member sees."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from PIL import Image
+
+from generation import requests
+from generation.engine.diffusion import DiffusionEngine
+from generation.errors import BlockedPrompt, InvalidRequest
+from generation.requests import RequestLimits
+from sdbot.types import GenerationParams, PipelineKind
+from tests.fakes.params import never, text2img
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = BytesIO()
+    Image.new("RGB", (width, height), "teal").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def variation(**fields: object) -> GenerationParams:
+    values: dict[str, object] = {"pipeline": PipelineKind.IMG2IMG, "strength": 0.6, "source_image": png(64, 64)}
+    return text2img(**(values | fields))
+
+
+def upscale(**fields: object) -> GenerationParams:
+    values: dict[str, object] = {"pipeline": PipelineKind.UPSCALE, "source_image": png(64, 64)}
+    return text2img(**(values | fields))
+
+
+LIMITS = RequestLimits(min_size=64, max_size=1024, max_steps=50, max_count=4, max_prompt_chars=1000)
+
+BAD_REQUESTS = [
+    (text2img(width=100), "width and height must be multiples of 8 (got 100x64)"),
+    (text2img(height=2048), "width and height must be between 64 and 1024 pixels (got 64x2048)"),
+    (text2img(steps=0), "steps must be between 1 and 50 (got 0)"),
+    (text2img(steps=51), "steps must be between 1 and 50 (got 51)"),
+    (text2img(guidance=-1.0), "guidance must be between 0 and 30 (got -1)"),
+    (text2img(seeds=(2**32,)), "seed must be between 0 and 4294967295 (got 4294967296)"),
+    (text2img(seeds=(-1,)), "seed must be between 0 and 4294967295 (got -1)"),
+    (text2img(seeds=(1, 2, 3, 4, 5)), "at most 4 images per request (got 5)"),
+    (text2img("   "), "the prompt is empty: describe the image you want"),
+    (text2img("x" * 2000), "the prompt is 2000 characters long; the limit is 1000"),
+    (text2img(negative_prompt="x" * 1001), "the negative prompt is 1001 characters long; the limit is 1000"),
+    (variation(strength=0.05), "strength must be between 0.1 and 1.0 for a variation (got 0.05)"),
+    (variation(strength=1.5), "strength must be between 0.1 and 1.0 for a variation (got 1.5)"),
+    (variation(strength=None), "strength must be between 0.1 and 1.0 for a variation (got None)"),
+    (variation(source_image=b"not an image"), "the source image could not be read as a PNG, JPEG or WebP file"),
+    (upscale(source_image=png(1100, 64)), "the source image is 1100x64; only images up to 1024x1024 can be upscaled"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), BAD_REQUESTS, ids=[message[:40] for _, message in BAD_REQUESTS])
+def test_bad_requests_are_refused_with_a_clear_message(params: GenerationParams, message: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        requests.validate(params, LIMITS)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_good_request_passes() -> None:
+    requests.validate(text2img(), LIMITS)
+    requests.validate(variation(), LIMITS)
+    requests.validate(upscale(), LIMITS)
+
+
+def test_the_engine_refuses_a_variation_without_its_picture_before_any_step(tiny_engine: DiffusionEngine) -> None:
+    steps: list[int] = []
+    with pytest.raises(InvalidRequest, match="needs a source image"):
+        tiny_engine.run_batch([text2img(), variation(source_image=None)], lambda step, total: steps.append(step), never)
+    assert steps == []
+
+
+def test_huge_source_images_are_refused_before_decoding() -> None:
+    limits = RequestLimits(max_upload_pixels=64 * 64)
+    with pytest.raises(InvalidRequest, match=r"the source image is 128x128; images over 4,096 pixels are refused"):
+        requests.validate(variation(source_image=png(128, 128)), limits)
+
+
+def test_blocked_words_are_refused_in_prompts_only() -> None:
+    limits = RequestLimits(blocked_words=("gore", "bad word"))
+    with pytest.raises(BlockedPrompt, match="'bad word'"):
+        requests.validate(text2img("A BAD, word! in a field"), limits)
+    requests.validate(text2img("a classic gorilla", negative_prompt="gore"), limits)
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("  a  cat\n\tin a hat ", "a cat in a hat"),
+        ("a\u200bcat", "acat"),  # zero-width space
+        ("\ufeff\u200d\u2060", ""),  # nothing visible: empty
+        ("\uff41 cat", "a cat"),  # full-width letters fold to ASCII
+    ],
+)
+def test_text_is_normalised_before_it_is_checked(typed: str, meant: str) -> None:
+    assert requests.normalise_text(typed) == meant
+
+
+def test_an_invisible_prompt_is_empty() -> None:
+    params = requests.imagine(LIMITS, prompt="\u200b\u200b \u2060", width=64, height=64)
+    with pytest.raises(InvalidRequest, match="the prompt is empty"):
+        requests.validate(params, LIMITS)
+
+
+def test_seeds_follow_the_first_or_are_random() -> None:
+    assert requests.seeds(3, 4294967294) == (4294967294, 4294967295, 0)
+    random = requests.seeds(4)
+    assert len(set(random)) == 4 and all(0 <= seed < 2**32 for seed in random)
+
+
+@pytest.mark.parametrize(("aspect", "size"), [("1:1", (512, 512)), ("16:9", (704, 384)), ("2:3", (448, 640))])
+def test_aspect_sizes_keep_the_native_pixel_count_in_multiples_of_64(aspect: str, size: tuple[int, int]) -> None:
+    width, height = requests.size_for(aspect, 512, LIMITS)
+    assert (width, height) == size and width % 64 == height % 64 == 0
+
+
+def test_an_unknown_aspect_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="`5:4` is not an aspect ratio I know"):
+        requests.size_for("5:4", 512, LIMITS)
+
+
+def test_imagine_uses_the_operators_defaults() -> None:
+    limits = RequestLimits(default_steps=7, default_guidance=3.5, max_count=2)
+    params = requests.imagine(limits, prompt=" a  fox ", seed=10, width=64, height=64)
+    assert (params.prompt, params.seeds, params.steps, params.guidance) == ("a fox", (10, 11), 7, 3.5)
+
+
+def test_upscale_sizes_go_down_to_multiples_of_64() -> None:
+    params = requests.upscale(200, 130)
+    assert (params.width, params.height, params.pipeline) == (192, 128, PipelineKind.UPSCALE)

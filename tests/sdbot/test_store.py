@@ -1,0 +1,185 @@
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sdbot.migrate import MigrationError, bundled_migrations_dir
+from sdbot.store import QuotaExceeded, Store, day_start
+from sdbot.types import (
+    GenerationParams,
+    ImageRow,
+    JobKind,
+    JobStatus,
+    NewJob,
+    PipelineKind,
+)
+
+GUILD, USER, MOD = 1, 2, 3
+
+
+def new_job(user: int = USER, images: int = 2, guild: int = GUILD) -> NewJob:
+    return NewJob(
+        kind=JobKind.IMAGINE,
+        guild_id=guild,
+        channel_id=10,
+        user_id=user,
+        model_id="tiny",
+        params=GenerationParams(
+            pipeline=PipelineKind.TEXT2IMG, prompt="a cat", seeds=tuple(range(images)),
+            steps=4, guidance=0.0, width=64, height=64,
+        ),
+    )
+
+
+async def test_migrations_from_empty_reach_latest(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "new" / "db.sqlite3")
+    latest = len(list(bundled_migrations_dir().glob("*.sql")))
+    assert await store.schema_version() == latest
+    await store.close()
+    with sqlite3.connect(tmp_path / "new" / "db.sqlite3") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"jobs", "images", "quota_overrides", "usage_ledger", "audit_log"} <= tables
+
+
+async def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    first = await Store.open(path)
+    job = await first.create_job(new_job())
+    await first.close()
+    second = await Store.open(path)
+    assert await second.schema_version() == len(list(bundled_migrations_dir().glob("*.sql")))
+    assert (await second.get_job(job.id)) == job
+    await second.close()
+
+
+async def test_upgrade_from_the_first_version_keeps_the_data(tmp_path: Path) -> None:
+    first_only = tmp_path / "migrations"
+    first_only.mkdir()
+    (first_only / "0001_initial.sql").write_text((bundled_migrations_dir() / "0001_initial.sql").read_text())
+    path = tmp_path / "db.sqlite3"
+    old = await Store.open(path, migrations_dir=first_only)
+    job = await old.create_job(new_job())
+    await old.close()
+    upgraded = await Store.open(path)
+    assert await upgraded.schema_version() == len(list(bundled_migrations_dir().glob("*.sql"))) > 1
+    assert await upgraded.get_job(job.id) == job
+    await upgraded.set_queue_share(GUILD, MOD, USER, 2.0)
+    assert await upgraded.queue_shares() == {(GUILD, USER): 2.0}
+    await upgraded.close()
+
+
+async def test_broken_migration_leaves_previous_version(tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_initial.sql").write_text((bundled_migrations_dir() / "0001_initial.sql").read_text())
+    (migrations / "0002_broken.sql").write_text(
+        "CREATE TABLE half_done (id INTEGER);\nALTER TABLE no_such_table ADD COLUMN x INTEGER;\n"
+    )
+    path = tmp_path / "db.sqlite3"
+    with pytest.raises(MigrationError, match=r"0002_broken.sql failed.*stays at schema version 1"):
+        await Store.open(path, migrations_dir=migrations)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "half_done" not in names and "jobs" in names
+
+
+async def test_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(MigrationError, match="newer than this sdbot knows"):
+        await Store.open(path)
+
+
+async def test_concurrent_writers_do_not_lock(store: Store) -> None:
+    async def writer(user: int) -> None:
+        for _ in range(5):
+            job = await store.create_job(new_job(user=user, images=1))
+            await store.mark_running([job.id])
+            await store.fail_job(job.id, "test")
+
+    await asyncio.gather(*(writer(user) for user in range(100, 140)))
+    failed = await store.jobs_with_status(JobStatus.FAILED)
+    assert len(failed) == 200
+    assert (await store.quota(GUILD, 100)).used == 0  # every charge was refunded
+
+
+async def test_quota_charge_and_refusal(store: Store) -> None:
+    await store.create_job(new_job(images=4))
+    await store.create_job(new_job(images=4))
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.create_job(new_job(images=4))
+    assert (refused.value.limit, refused.value.used) == (10, 8)
+    assert len(await store.jobs_with_status(JobStatus.QUEUED)) == 2  # the refused job was not stored
+    assert (await store.quota(GUILD, USER)).remaining == 2
+
+
+async def test_cancel_refunds_and_cannot_end_twice(store: Store) -> None:
+    job = await store.create_job(new_job(images=4))
+    assert await store.cancel_job(job.id, "cancelled by its owner")
+    assert not await store.fail_job(job.id, "too late")
+    ended = await store.get_job(job.id)
+    assert ended is not None
+    assert (ended.status, ended.status_reason) == (JobStatus.CANCELLED, "cancelled by its owner")
+    assert (await store.quota(GUILD, USER)).used == 0
+
+
+async def test_finished_job_keeps_images_and_is_guild_scoped(store: Store) -> None:
+    job = await store.create_job(new_job(images=2))
+    await store.mark_running([job.id])
+    images = [
+        ImageRow(job_id=job.id, idx=i, seed=i, width=64, height=64, path=f"/x/{i}.png",
+                 format="png", flagged=i == 1, nsfw_score=0.1, record={"seed": i})
+        for i in range(2)
+    ]
+    assert await store.finish_job(job.id, images, scheduler="Euler", model_revision="abc")
+    assert await store.images(job.id) == images
+    done = await store.get_job(job.id, guild_id=GUILD)
+    assert done is not None and done.status == JobStatus.DONE and done.model_revision == "abc"
+    assert await store.get_job(job.id, guild_id=999) is None
+    assert not await store.cancel_job(job.id, "too late")  # a finished job is not refunded
+
+
+async def test_overrides_defaults_and_audit(store: Store) -> None:
+    await store.set_guild_default_quota(GUILD, MOD, 3)
+    assert (await store.quota(GUILD, USER)).limit == 3
+    await store.set_user_quota(GUILD, MOD, USER, None)
+    status = await store.quota(GUILD, USER)
+    assert status.limit is None and status.is_override
+    await store.create_job(new_job(images=4))  # unlimited: more than the default 3
+    assert await store.reset_user_quota(GUILD, MOD, USER) == 4
+    status = await store.quota(GUILD, USER)
+    assert (status.limit, status.used, status.is_override) == (3, 0, False)
+    actions = [entry.action for entry in await store.audit_entries(GUILD)]
+    assert actions == ["quota.reset", "quota.set", "quota.default"]
+    assert all(entry.moderator_id == MOD for entry in await store.audit_entries(GUILD))
+
+
+async def test_usage_counts_per_utc_day(store: Store) -> None:
+    yesterday = day_start(1_700_000_000) - 3600
+    await store.create_job(new_job(images=4), now=yesterday)
+    assert (await store.quota(GUILD, USER, now=yesterday)).used == 4
+    assert (await store.quota(GUILD, USER, now=yesterday + 7200)).used == 0
+
+
+async def test_requeue_and_recovery_order(store: Store) -> None:
+    jobs = [await store.create_job(new_job(user=u, images=1)) for u in (5, 6, 7)]
+    await store.mark_running([jobs[1].id])
+    await store.requeue([jobs[1].id])
+    waiting = await store.jobs_with_status(JobStatus.QUEUED, JobStatus.RUNNING)
+    assert [job.id for job in waiting] == [job.id for job in jobs]
+    assert all(job.status == JobStatus.QUEUED for job in waiting)
+
+
+async def test_cancelled_writers_leave_no_open_transaction(store: Store) -> None:
+    """A task cancelled in the middle of a write (a worker at shutdown) must not wedge the store."""
+    for delay in (0, 0.0005, 0.001, 0.002, 0.005):
+        task = asyncio.create_task(store.create_job(new_job(images=1)))
+        await asyncio.sleep(delay)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    job = await store.create_job(new_job(user=77, images=1))
+    assert await store.cancel_job(job.id, "still writable")
