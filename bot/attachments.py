@@ -38,10 +38,11 @@ async def save_upload(
         data = await attachment.read()
     except discord.HTTPException as error:
         raise UserError(f"Could not download `{attachment.filename}` ({error.status}); try again.") from error
-    return await asyncio.to_thread(_normalise, data, attachment.filename, max_pixels, folder)
+    return await asyncio.to_thread(normalise_upload, data, attachment.filename, max_pixels, folder)
 
 
-def _normalise(data: bytes, filename: str, max_pixels: int, folder: Path) -> tuple[Path, int, int]:
+def normalise_upload(data: bytes, filename: str, max_pixels: int, folder: Path) -> tuple[Path, int, int]:
+    """Verify the bytes are one accepted picture within the pixel limit and store it as PNG."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ACCEPTED_FORMATS:

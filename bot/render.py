@@ -52,11 +52,11 @@ def progress_text(job: JobRow, step: int, total: int) -> str:
 
 def ended_text(job: JobRow) -> str:
     """Failed or cancelled: what happened and that nothing was charged."""
-    images = f"{job.image_count} image{'s' if job.image_count != 1 else ''}"
+    images = f"{job.image_count} image was" if job.image_count == 1 else f"{job.image_count} images were"
     if job.status == JobStatus.CANCELLED:
-        return f"🛑 {describe(job)} was cancelled ({job.status_reason}). Your {images} were refunded."
+        return f"🛑 {describe(job)} was cancelled ({job.status_reason}). Your {images} refunded."
     return (
-        f"⚠️ {describe(job)} failed: {job.status_reason}. Your {images} were refunded; "
+        f"⚠️ {describe(job)} failed: {job.status_reason}. Your {images} refunded; "
         f"use `/reroll job:{job.id}` to try again."
     )
 

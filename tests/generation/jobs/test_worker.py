@@ -1,5 +1,5 @@
 """The worker over a fake engine and a real store: batching, failures, cancellation, files, progress,
-timeouts, shutdown, and (with the tiny real pipeline) event-loop responsiveness."""
+timeouts and shutdown."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-from generation.engine.diffusion import DiffusionEngine
-from generation.jobs.runners import LocalRunner
 from generation.jobs.scheduler import batch_key
 from generation.jobs.worker import OUT_OF_MEMORY_REASON
 from sdbot.store import Store
@@ -237,28 +235,3 @@ async def test_stop_lets_a_running_batch_finish_within_grace(store: Store, tmp_p
         await scheduler.stop(grace_s=5.0)
         assert listener.status(job.id) == "done"
         assert scheduler.workers_up == 0
-
-
-async def test_local_runner_reports_steps_on_the_event_loop_thread() -> None:
-    seen: list[int] = []
-    runner = LocalRunner(FakeEngine())
-    params = new_job(1, steps=3).params
-    outputs = await runner.run([params], lambda step, total: seen.append(threading.get_ident()),
-                               lambda: False)
-    runner.close()
-    assert len(outputs) == 1 and seen == [threading.get_ident()] * 3
-
-
-async def test_event_loop_stays_responsive_while_the_tiny_pipeline_runs(
-    store: Store, tmp_path: Path, tiny_engine: DiffusionEngine  # noqa: F811
-) -> None:
-    settings = make_settings(tmp_path)
-    async with running_scheduler(store, settings, tiny_engine) as (scheduler, listener):
-        ids = [(await scheduler.submit(new_job(user, seeds=(user,), steps=4))).job.id for user in (1, 2, 3)]
-        worst = 0.0
-        while not all(job_id in listener.finished for job_id in ids):
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst = max(worst, time.perf_counter() - before - 0.01)
-    assert [listener.status(job_id) for job_id in ids] == ["done"] * 3
-    assert worst < 0.5

@@ -1,0 +1,33 @@
+"""Device choice, precision and out-of-memory recognition, as an operator's settings meet this machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generation.engine.devices import dtype_for, is_out_of_memory, resolve_device
+from generation.errors import ModelLoadError
+
+
+def test_auto_falls_back_to_the_cpu_here_and_the_cpu_runs_in_fp32() -> None:
+    assert not torch.cuda.is_available()  # this suite runs on CPU machines
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    assert dtype_for(torch.device("cpu")) is torch.float32
+    assert dtype_for(torch.device("cuda")) is torch.float16
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("cuda", "SDBOT_DEVICE='cuda', but torch sees no CUDA GPU; use 'auto' or 'cpu'"),
+    ("cuda:1", "SDBOT_DEVICE='cuda:1', but torch sees no CUDA GPU"),
+])
+def test_a_missing_gpu_is_named_not_crashed_on(setting: str, message: str) -> None:
+    with pytest.raises(ModelLoadError) as refused:
+        resolve_device(setting)
+    assert str(refused.value).startswith(message)
+
+
+def test_out_of_memory_is_recognised_from_cuda_and_mps_errors_only() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(MemoryError())
