@@ -264,19 +264,27 @@ class Store:
             )
         return _job(row)
 
-    async def set_message_ids(
-        self,
-        job_id: int,
-        *,
-        response_message_id: int | None = None,
-        result_message_id: int | None = None,
-    ) -> None:
+    async def set_reply_id(self, job_id: int, message_id: int) -> None:
+        """The message the job's reply lives in (its "queued" text, later edited into the result)."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE jobs SET response_message_id = ? WHERE id = ?", (message_id, job_id))
+
+    async def mark_delivered(self, job_id: int, message_id: int | None, *, now: float | None = None) -> None:
+        """The job's end reached Discord in message `message_id` (None: it could never be posted)."""
         async with self._transaction() as db:
             await db.execute(
-                """UPDATE jobs SET response_message_id = COALESCE(?, response_message_id),
-                       result_message_id = COALESCE(?, result_message_id) WHERE id = ?""",
-                (response_message_id, result_message_id, job_id),
+                """UPDATE jobs SET delivered_at = ?, result_message_id = COALESCE(?, result_message_id)
+                   WHERE id = ?""",
+                (time.time() if now is None else now, message_id, job_id),
             )
+
+    async def undelivered_jobs(self) -> list[JobRow]:
+        """Jobs that ended but whose end was not posted yet (the bot stopped in between), oldest first."""
+        rows = await self._fetchall(
+            """SELECT * FROM jobs WHERE delivered_at IS NULL AND status IN ('done', 'failed', 'cancelled')
+               ORDER BY id"""
+        )
+        return [_job(row) for row in rows]
 
     async def images(self, job_id: int) -> list[ImageRow]:
         rows = await self._fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
