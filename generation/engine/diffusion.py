@@ -40,7 +40,7 @@ from generation.engine.pipelines import (
     load_text2img,
     load_upscaler,
 )
-from generation.engine.png_metadata import EncodedImage, encode_for_upload
+from generation.engine.png_metadata import EncodedImage, a1111_sampler, encode_for_upload
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from sdbot.types import (
@@ -304,7 +304,9 @@ class DiffusionEngine:
             output_type="pil",
             **shape_args,
         ).images
-        return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision)
+        return _Produced(
+            images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, _sampler(pipe)
+        )
 
     def _upscale(
         self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
@@ -340,7 +342,8 @@ class DiffusionEngine:
             output_type="pil",
         ).images
         scheduler = type(pipe.scheduler).__name__
-        return _Produced(images, params.steps, scheduler, loaded.model_id, loaded.revision, {"upscaler": "latent"})
+        extra = {"upscaler": "latent", **_sampler(pipe)}
+        return _Produced(images, params.steps, scheduler, loaded.model_id, loaded.revision, extra)
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -444,3 +447,8 @@ def _set_vae_tiling(vae: Any, pixels: int) -> None:
         vae.enable_tiling()
     else:
         vae.disable_tiling()
+
+
+def _sampler(pipe: Any) -> dict[str, str]:
+    """The scheduler's A1111 sampler name, for the PNG `parameters` text."""
+    return {"sampler": a1111_sampler(type(pipe.scheduler).__name__, pipe.scheduler.config)}

@@ -38,7 +38,8 @@ def test_imagine_returns_one_png_per_seed_with_its_record(tiny_engine: Diffusion
         record = image.record
         assert (record.prompt, record.seed, record.steps, record.width) == ("a red fox", image.seed, 2, 64)
         assert record.pipeline is PipelineKind.TEXT2IMG
-        assert record.scheduler == "EulerDiscreteScheduler"
+        assert record.scheduler == "EulerDiscreteScheduler"  # the class in the JSON record
+        assert "Sampler: Euler," in Image.open(BytesIO(image.data or b"")).text["parameters"]  # A1111's name
         assert record.model_revision == tiny_engine.model_revision and len(record.model_revision) == 16
         assert (record.dtype, record.device) == ("float32", "cpu")
         assert set(record.versions) == {"torch", "diffusers", "transformers"}
