@@ -94,7 +94,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from sdbot.migrate import MigrationError
-    from sdbot.store import Store
+    from sdbot.store import Store, StoreUnavailable
 
     async def migrate() -> int:
         store = await Store.open(settings.database_path)
@@ -105,7 +105,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         version = asyncio.run(migrate())
-    except MigrationError as error:
+    except (MigrationError, StoreUnavailable) as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     print(f"database {settings.database_path} is at schema version {version}")

@@ -35,10 +35,12 @@ from generation.engine.devices import (
 )
 from generation.engine.pipelines import (
     LoadedPipeline,
+    check_upscaler,
     img2img_from,
     load_safety_checker,
     load_text2img,
     load_upscaler,
+    to_download,
 )
 from generation.engine.png_metadata import EncodedImage, a1111_sampler, encode_for_upload
 from generation.engine.safety import SafetyChecker, SafetyVerdict
@@ -120,6 +122,12 @@ class DiffusionEngine:
         with self._lock:
             if self._text2img is not None:
                 return
+            check_upscaler(self.config)
+            downloads = to_download(self.config)
+            log.info(
+                "loading %s on %s%s", self.model_id, self.device,
+                f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
+            )
             text2img = load_text2img(self.config, self._device, self._dtype)
             self._img2img = img2img_from(text2img)
             if self.config.safety_checker:

@@ -122,3 +122,15 @@ def test_imagine_seed_minus_one_or_empty_is_random(tiny_models: TinyModelPaths) 
         args = argparse.Namespace(prompt="x", negative="", seed=seed, count=4, steps=1, guidance=None)
         params = _imagine_params(args, limits, 64, 64)
         assert all(0 <= s <= 4294967295 for s in params.seeds) and len(set(params.seeds)) > 1
+
+
+def test_run_opens_the_database_before_loading_models(tmp_path: Path) -> None:
+    """A bad database path is one line naming the file and why, before any model is looked at."""
+    env = {"SDBOT_DISCORD_TOKEN": "x", "SDBOT_DATABASE_PATH": "/proc/nope/db.sqlite3",
+           "SDBOT_MODEL_ID": str(tmp_path / "no-model")}
+    result = sdbot("run", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "sdbot: cannot open the database file /proc/nope/db.sqlite3: No such file or directory; "
+        "check SDBOT_DATABASE_PATH"
+    )

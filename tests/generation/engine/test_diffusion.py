@@ -3,6 +3,7 @@ warnings and load errors."""
 
 from __future__ import annotations
 
+import logging
 from io import BytesIO
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from generation.engine.diffusion import DiffusionEngine
+from generation.engine.pipelines import to_download
 from generation.engine.png_metadata import read_record
 from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import Cancelled, InvalidRequest, ModelLoadError, OutOfMemory
@@ -142,3 +144,20 @@ def test_uncached_hub_id_offline_is_a_clear_load_error(tiny_models: TinyModelPat
     assert "SDBOT_MODEL_ID='sdbot-tests/not-a-real-model'" in str(caught.value)
     assert "HF_HUB_OFFLINE is set" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_missing_upscaler_folder_is_refused_at_start(tiny_models: TinyModelPaths, tmp_path: Path) -> None:
+    config = tiny_models.engine_config(upscaler_model_id=str(tmp_path / "no-upscaler"))
+    with pytest.raises(ModelLoadError, match=r"SDBOT_UPSCALER_MODEL_ID=.*no-upscaler.*no such folder"):
+        DiffusionEngine.load(config)
+
+
+def test_the_start_log_names_the_device_and_downloads_only_what_is_missing(
+    tiny_models: TinyModelPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="generation.engine.diffusion"):
+        DiffusionEngine.load(tiny_models.engine_config(device="auto"))
+    [start] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading")]
+    assert start == f"loading {tiny_models.pipeline} on cpu"  # local folders: nothing to download
+    hub = tiny_models.engine_config(model_id="someone/not-in-the-cache", safety_checker=False)
+    assert to_download(hub) == ["someone/not-in-the-cache"]
