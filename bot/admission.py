@@ -36,7 +36,6 @@ from sdbot.types import (
     PipelineKind,
 )
 
-
 # How long a second press of the same button by the same member counts as a repeat of the first.
 PRESS_WINDOW_S = 5.0
 # How long a repeated press waits for the first one to be queued (Discord wants an answer in 3 s).

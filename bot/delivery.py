@@ -74,7 +74,7 @@ class Delivery:
             except (QueueRefused, QuotaExceeded) as error:
                 await interaction.response.send_message(explain(error) or str(error), ephemeral=True)
                 return None
-            except Exception as error:  # noqa: BLE001 - whatever it was, the member gets an answer
+            except Exception as error:  # whatever it was, the member gets an answer
                 log.exception("could not queue a job for interaction %s", interaction.id)
                 await interaction.response.send_message(render.not_queued_text(_what_failed(error)), ephemeral=True)
                 return None

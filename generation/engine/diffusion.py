@@ -42,7 +42,11 @@ from generation.engine.pipelines import (
     load_upscaler,
     to_download,
 )
-from generation.engine.png_metadata import EncodedImage, a1111_sampler, encode_for_upload
+from generation.engine.png_metadata import (
+    EncodedImage,
+    a1111_sampler,
+    encode_for_upload,
+)
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from sdbot.types import (

@@ -18,9 +18,9 @@ async def test_a_full_disk_is_named_and_nothing_is_charged(harness: BotHarness) 
     assert store is not None
     # Cap the database at its current size, then fill what is left of it with other members' jobs:
     # SQLite now answers "database or disk is full" as it would on a full disk.
-    await store._db.execute(  # noqa: SLF001 - the one way to make SQLite's disk full on purpose
-        "PRAGMA max_page_count = " + str(next(iter(await store._db.execute_fetchall("PRAGMA page_count")))[0])  # noqa: SLF001
-    )
+    # (The store's own connection: the page cap holds per connection.)
+    [(pages,)] = await store._db.execute_fetchall("PRAGMA page_count")
+    await store._db.execute(f"PRAGMA max_page_count = {pages}")
     others = itertools.count(1)
     for pad in (2000, 200, 0):  # big rows first, then ever smaller ones into the last gaps
         with pytest.raises(sqlite3.OperationalError, match="full"):

@@ -27,7 +27,7 @@ from sdbot.store import Store
 async def _serve(settings: Settings, engine: DiffusionEngine, token: str) -> None:
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     bot = build_bot(settings, store, engine)
-    bot._connection.guild_ready_timeout = 0.05  # noqa: SLF001 - as tests.fakes.fake_discord.running does
+    bot._connection.guild_ready_timeout = 0.05  # as tests.fakes.fake_discord.running does
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(bot.close()))
     try:
         async with bot:
