@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     ray_num_workers: int | None = Field(None, ge=1)
     ray_gpus_per_worker: float = Field(1.0, ge=0.0)
+    ray_cpus_per_worker: int = Field(1, ge=1)
+    ray_start_timeout_s: float = Field(120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
