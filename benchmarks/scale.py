@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _measure(settings: Settings, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     print(f"starting {workers} actor(s) ...", file=sys.stderr)
-    runners = start_ray_runners(settings.model_copy(update={"ray_num_workers": workers}),
-                                cpus_per_worker=args.cpus_per_worker)
+    runners = start_ray_runners(
+        settings.model_copy(update={"ray_num_workers": workers, "ray_cpus_per_worker": args.cpus_per_worker})
+    )
     try:
         size = runners[0].info.native_size
         params = [

@@ -3,7 +3,7 @@
 Every path goes through `Admission.submit`: the parameters are built and validated by
 `generation.requests`, then the queue limit and quota are checked, all before anything is answered,
 so a refusal is an ephemeral message that changes nothing. An accepted job is handed to `Delivery`,
-which acknowledges it, queues it and owns its public reply from then on.
+which stores and queues it, then acknowledges it, and owns its public reply from then on.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ from sdbot.types import (
     NewJob,
     PipelineKind,
 )
+
+# How long a second press of the same button by the same member counts as a repeat of the first.
+PRESS_WINDOW_S = 5.0
+# How long a repeated press waits for the first one to be queued (Discord wants an answer in 3 s).
+REPEAT_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,9 @@ class Admission:
         # One member's requests are checked and queued one at a time, so a burst of commands sees
         # the jobs queued just before it and is refused up front rather than after the reply started.
         self._member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Recent button presses (member, message, button) -> the job the first one made: a double
+        # click makes one job, not two.
+        self._presses: dict[tuple[int, int, Action, int, int | None], asyncio.Future[JobRow | None]] = {}
 
     async def submit(
         self,
@@ -173,13 +181,13 @@ class Admission:
         steps: int | None = None,
         guidance: float | None = None,
         aspect: str = "1:1",
-    ) -> None:
+    ) -> JobRow | None:
         width, height = requests.size_for(aspect, self.model.native_size, self.limits)
         params = requests.imagine(
             self.limits, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
             guidance=guidance, width=width, height=height,
         )
-        await self.submit(interaction, JobKind.IMAGINE, params)
+        return await self.submit(interaction, JobKind.IMAGINE, params)
 
     async def variations(
         self,
@@ -189,29 +197,31 @@ class Admission:
         prompt: str | None = None,
         strength: float | None = None,
         count: int | None = None,
-    ) -> None:
+    ) -> JobRow | None:
         if isinstance(source, Source):
             params = requests.variation_of(
                 self.limits, source.job, source.image, prompt=prompt, strength=strength, count=count
             )
-            await self.submit(interaction, JobKind.VARIATION, params, source=source.image, source_path=source.path)
-            return
+            return await self.submit(
+                interaction, JobKind.VARIATION, params, source=source.image, source_path=source.path
+            )
         assert prompt, "/variations asks for the prompt of an upload before downloading it"
         params = requests.variation_of_upload(
             self.limits, self.model.native_size, source.width, source.height,
             prompt=prompt, strength=strength, count=count,
         )
-        await self.submit(interaction, JobKind.VARIATION, params, source_path=source.path)
+        return await self.submit(interaction, JobKind.VARIATION, params, source_path=source.path)
 
-    async def upscale(self, interaction: discord.Interaction, source: Source | Upload) -> None:
+    async def upscale(self, interaction: discord.Interaction, source: Source | Upload) -> JobRow | None:
         if isinstance(source, Source):
             params = requests.upscale_of(source.job, source.image)
-            await self.submit(interaction, JobKind.UPSCALE, params, source=source.image, source_path=source.path)
-            return
-        await self.submit(interaction, JobKind.UPSCALE, requests.upscale(source.width, source.height),
+            return await self.submit(
+                interaction, JobKind.UPSCALE, params, source=source.image, source_path=source.path
+            )
+        return await self.submit(interaction, JobKind.UPSCALE, requests.upscale(source.width, source.height),
                           source_path=source.path)
 
-    async def reroll(self, interaction: discord.Interaction, job_id: int, seed: int | None = None) -> None:
+    async def reroll(self, interaction: discord.Interaction, job_id: int, seed: int | None = None) -> JobRow | None:
         """The same parameters again: with `seed`, one image that reproduces that seed's image."""
         job = await self.find_job(interaction, job_id)
         if job.pipeline != PipelineKind.TEXT2IMG and job.source_path is None:
@@ -220,7 +230,7 @@ class Admission:
         if job.source_job_id is not None and job.source_index is not None:
             images = await self._store.images(job.source_job_id)
             source = next((i for i in images if i.idx == job.source_index), None)
-        await self.submit(
+        return await self.submit(
             interaction, JobKind.REROLL, requests.reroll(job, seed), source=source,
             source_path=Path(job.source_path) if job.source_path else None,
         )
@@ -241,15 +251,43 @@ class Admission:
         await interaction.response.send_message(f"Cancelled job #{job_id}; its images were refunded.", ephemeral=True)
 
     async def press(self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None) -> None:
-        """A result or queue button: a new job for whoever pressed it, with the same checks."""
+        """A result or queue button: a new job for whoever pressed it, with the same checks. A second
+        press of the same button by the same member within PRESS_WINDOW_S makes no second job."""
         if action == Action.CANCEL:
             await self.cancel(interaction, job_id)
-        elif action == Action.REROLL:
-            await self.reroll(interaction, job_id)
-        elif action == Action.UPSCALE:
-            await self.upscale(interaction, await self.find_image(interaction, job_id, number or 1))
-        else:
-            await self.variations(interaction, await self.find_image(interaction, job_id, number or 1))
+            return
+        key = (interaction.user.id, interaction.message.id if interaction.message else 0, action, job_id, number)
+        if (earlier := self._presses.get(key)) is not None:
+            await self._answer_repeat(interaction, earlier)
+            return
+        first: asyncio.Future[JobRow | None] = asyncio.get_running_loop().create_future()
+        self._presses[key] = first
+        asyncio.get_running_loop().call_later(PRESS_WINDOW_S, self._presses.pop, key, None)
+        try:
+            first.set_result(await self._new_job_for(interaction, action, job_id, number))
+        except BaseException:
+            first.set_result(None)
+            raise
+
+    async def _new_job_for(
+        self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None
+    ) -> JobRow | None:
+        if action == Action.REROLL:
+            return await self.reroll(interaction, job_id)
+        source = await self.find_image(interaction, job_id, number or 1)
+        if action == Action.UPSCALE:
+            return await self.upscale(interaction, source)
+        return await self.variations(interaction, source)
+
+    async def _answer_repeat(self, interaction: discord.Interaction, first: asyncio.Future[JobRow | None]) -> None:
+        """A repeated press: point at the job the first one made (waiting briefly for it)."""
+        try:
+            job = await asyncio.wait_for(asyncio.shield(first), REPEAT_WAIT_S)
+        except TimeoutError:
+            raise UserError("Your first press of this button is still being queued.") from None
+        if job is None:
+            raise UserError("Your first press of this button just now was not queued; wait a moment and try again.")
+        raise UserError(f"Already queued as #{job.id}.")
 
 
 def _allow_flagged(interaction: discord.Interaction, spoilers_allowed: bool) -> bool:

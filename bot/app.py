@@ -22,7 +22,7 @@ from generation.errors import GenerationError
 from generation.jobs.runners import BatchRunner, LocalRunner
 from sdbot.migrate import MigrationError
 from sdbot.settings import Settings
-from sdbot.store import Store
+from sdbot.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,11 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
 
 def run_bot(settings: Settings) -> int:
     """`sdbot run`: returns the process exit code."""
-    engine = None  # with Ray workers the actors load the model, not this process
     try:
-        if settings.workers == "local":
-            log.info("loading %s on %s (first start downloads the weights)", settings.model_id, settings.device)
-            engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
-    except GenerationError as error:
-        print(f"sdbot: {error}", file=sys.stderr)
+        asyncio.run(_serve(settings))
+    except StoreUnavailable as error:
+        print(f"sdbot: {error}; check SDBOT_DATABASE_PATH", file=sys.stderr)
         return 1
-    try:
-        asyncio.run(_serve(settings, engine))
     except (MigrationError, GenerationError) as error:  # a Ray worker may fail to start in build_bot
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
@@ -77,9 +72,13 @@ def run_bot(settings: Settings) -> int:
     return 0
 
 
-async def _serve(settings: Settings, engine: DiffusionEngine | None) -> None:
+async def _serve(settings: Settings) -> None:
+    # The database first: a wrong path is found in a second, not after minutes of model loading.
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     try:
+        engine = None  # with Ray workers the actors load the model, not this process
+        if settings.workers == "local":
+            engine = await asyncio.to_thread(DiffusionEngine.load, EngineConfig.from_settings(settings))
         bot = build_bot(settings, store, engine)
         loop = asyncio.get_running_loop()
         for stop_signal in (signal.SIGINT, signal.SIGTERM):

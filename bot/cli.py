@@ -37,12 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     imagine = commands.add_parser("imagine", help="generate images locally, without Discord")
     imagine.add_argument("prompt")
     imagine.add_argument("--negative", default="", help="negative prompt")
-    imagine.add_argument("--seed", type=int, help="seed of the first image (default: random)")
+    imagine.add_argument("--seed", type=_seed, help="seed of the first image (-1 or empty: random, the default)")
     imagine.add_argument("--steps", type=int, help="denoising steps (default: SDBOT_DEFAULT_STEPS)")
     imagine.add_argument("--guidance", type=float, help="CFG scale (default: SDBOT_DEFAULT_GUIDANCE)")
     imagine.add_argument("--width", type=int, help="width in pixels (default: the model's native size)")
     imagine.add_argument("--height", type=int, help="height in pixels (default: the model's native size)")
-    imagine.add_argument("--count", type=int, default=1, help="number of images (default 1)")
+    imagine.add_argument("--count", type=int, default=1, help="number of images (default 1, at most SDBOT_MAX_COUNT)")
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     test_model.add_argument("directory", type=Path)
     return parser
+
+
+def _seed(text: str) -> int | None:
+    """An empty `--seed` means random, as -1 does."""
+    return int(text) if text.strip() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,7 +94,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from sdbot.migrate import MigrationError
-    from sdbot.store import Store
+    from sdbot.store import Store, StoreUnavailable
 
     async def migrate() -> int:
         store = await Store.open(settings.database_path)
@@ -100,7 +105,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         version = asyncio.run(migrate())
-    except MigrationError as error:
+    except (MigrationError, StoreUnavailable) as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     print(f"database {settings.database_path} is at schema version {version}")
@@ -118,10 +123,10 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     try:
         # Every argument is checked before the model loads (seconds to minutes); the size again
         # after, once the model's native size is known.
-        _imagine_batches(args, limits, args.width or limits.min_size, args.height or limits.min_size)
+        _imagine_params(args, limits, args.width or limits.min_size, args.height or limits.min_size)
         engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
-        batches = _imagine_batches(args, limits, args.width or engine.native_size, args.height or engine.native_size)
-        written = imagine_to_files(engine, batches, args.out)
+        params = _imagine_params(args, limits, args.width or engine.native_size, args.height or engine.native_size)
+        written = imagine_to_files(engine, [params], args.out)
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
@@ -130,18 +135,15 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _imagine_batches(args: argparse.Namespace, limits: RequestLimits, width: int, height: int) -> list[GenerationParams]:
-    """`--count` images as validated batches of at most SDBOT_MAX_COUNT, seeds consecutive from `--seed`."""
-    all_seeds = requests.seeds(args.count, args.seed)
-    batches = []
-    for start in range(0, len(all_seeds), limits.max_count):
-        params = requests.imagine(
-            limits, prompt=args.prompt, negative=args.negative, steps=args.steps, guidance=args.guidance,
-            width=width, height=height,
-        ).model_copy(update={"seeds": all_seeds[start : start + limits.max_count]})
-        requests.validate(params, limits)
-        batches.append(params)
-    return batches
+def _imagine_params(args: argparse.Namespace, limits: RequestLimits, width: int, height: int) -> GenerationParams:
+    """The request, built and validated as the bot does (at most SDBOT_MAX_COUNT images, seeds
+    consecutive from `--seed`)."""
+    params = requests.imagine(
+        limits, prompt=args.prompt, negative=args.negative, seed=args.seed, count=args.count, steps=args.steps,
+        guidance=args.guidance, width=width, height=height,
+    )
+    requests.validate(params, limits)
+    return params
 
 
 def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_dir: Path) -> list[tuple[Path, int]]:

@@ -79,8 +79,10 @@ class SDBot(commands.Bot):
             await self.load_extension(extension)
         self.add_dynamic_items(JobButton)
         await self._sync_commands()
-        # Recovers jobs left queued or running by the last run, then starts the workers.
+        # Recovers jobs left queued or running by the last run, then starts the workers; then posts
+        # what the last run finished but did not get to post.
         await self.scheduler.start()
+        await self.delivery.resume()
 
     async def _sync_commands(self) -> None:
         if self.settings.dev_guild_ids:

@@ -33,6 +33,8 @@ TOKEN_LIFETIME_S = 15 * 60
 # Leave room for the upload itself: a token about to expire is treated as expired.
 TOKEN_MARGIN_S = 60
 ACK_TIMEOUT_S = 10.0
+# How far back in a channel a resumed delivery looks for a post the last run made of it.
+RESUME_LOOKBACK = 50
 
 
 class Delivery:
@@ -49,30 +51,39 @@ class Delivery:
         self._last_progress_edit: dict[int, float] = {}
         self._progress_tasks: dict[int, asyncio.Task[None]] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
+        # Jobs the last run ended but had not recorded as posted: it may have posted them just before.
+        self._resumed: set[int] = set()
 
     # Acknowledgement
 
     async def accept(
         self, interaction: discord.Interaction, queue: Callable[[], Awaitable[SubmitReceipt]]
     ) -> JobRow | None:
-        """Acknowledge publicly, queue the job with `queue()` and show its place in line.
+        """Queue the job with `queue()`, then acknowledge publicly and show its place in line.
 
-        Every way out resolves the public "thinking..." reply: a refusal found only now (the queue
-        filled meanwhile) removes it and answers privately; any other failure is written into it."""
-        await interaction.response.defer(thinking=True)
+        The job row (with the interaction token) is committed before Discord hears anything, so a
+        hard kill after the public "thinking..." loses nothing: the next start runs the job and
+        edits that reply. A refusal found only now (the queue filled meanwhile) or a failure to
+        store the job (a full disk) is answered privately, with nothing acknowledged or charged."""
         token = interaction.token
+        # Registered before the job can start: its result waits for the "queued" text to be written.
         self._pending_replies[token] = asyncio.Event()
         try:
             try:
                 receipt = await queue()
             except (QueueRefused, QuotaExceeded) as error:
-                await interaction.delete_original_response()
-                await interaction.followup.send(explain(error) or str(error), ephemeral=True)
+                await interaction.response.send_message(explain(error) or str(error), ephemeral=True)
                 return None
-            except Exception as error:  # noqa: BLE001 - whatever it was, the reply must not hang
+            except Exception as error:  # whatever it was, the member gets an answer
                 log.exception("could not queue a job for interaction %s", interaction.id)
-                await interaction.edit_original_response(content=render.not_queued_text(_what_failed(error)))
+                await interaction.response.send_message(render.not_queued_text(_what_failed(error)), ephemeral=True)
                 return None
+            try:
+                await interaction.response.defer(thinking=True)
+            except discord.HTTPException as error:
+                # Discord gave up waiting: the job is queued and charged, its result goes to the channel.
+                log.warning("job %s: could not acknowledge its interaction (%s)", receipt.job.id, error)
+                return receipt.job
             await self._show_queued(interaction, receipt)
             return receipt.job
         finally:
@@ -90,7 +101,7 @@ class Delivery:
             return
         self._reply_ids[job.id] = message.id
         try:
-            await self._store.set_message_ids(job.id, response_message_id=message.id)
+            await self._store.set_reply_id(job.id, message.id)
         except sqlite3.Error as error:  # kept in memory: only a restart loses it (then: the channel)
             log.warning("job %s: could not store its reply's id (%s)", job.id, error)
 
@@ -158,15 +169,29 @@ class Delivery:
         job = await self._after_reply(job)
         try:
             if job.status == JobStatus.DONE:
-                await self._post_result(job, images, output)
+                message_id = await self._post_result(job, images, output)
             else:
-                await self._post(job, content=render.ended_text(job), embed=None, files=[], view=None)
+                message_id = await self._post(job, content=render.ended_text(job), embed=None, files=[], view=None)
+        except (discord.Forbidden, discord.NotFound) as error:
+            # No retry at the next start would fare better (the channel is gone or closed to the bot).
+            log.warning("job %s: its result cannot be posted (%s)", job.id, error)
+            await self._store.mark_delivered(job.id, None)
         except Exception:
-            log.exception("job %s: could not deliver its result", job.id)
+            log.exception("job %s: could not deliver its result; the next start tries again", job.id)
+        else:
+            await self._store.mark_delivered(job.id, message_id)
         finally:
             self._reply_ids.pop(job.id, None)
+            self._resumed.discard(job.id)
 
-    async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
+    async def resume(self) -> None:
+        """Post the ends the last run stored but had not posted yet (it was killed in between)."""
+        for job in await self._store.undelivered_jobs():
+            images = await self._store.images(job.id) if job.status == JobStatus.DONE else []
+            self._resumed.add(job.id)
+            self._spawn(self._deliver(job, images, None), name=f"deliver-{job.id}")
+
+    async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> int:
         posted, withheld, files = [], [], []
         for image in images:
             data = await read_if_present(image.path)
@@ -183,7 +208,7 @@ class Delivery:
         content = f"<@{job.user_id}>"
         if output is not None and output.warnings:
             content += "\n" + "\n".join(f"-# {render.clip(warning, 300)}" for warning in output.warnings)
-        await self._post(
+        return await self._post(
             job,
             content=render.clip(content, 2000),
             embed=render.result_embed(job, posted, withheld),
@@ -199,35 +224,50 @@ class Delivery:
         embed: discord.Embed | None,
         files: list[discord.File],
         view: discord.ui.View | None,
-    ) -> None:
-        """Edit the job's reply while its token lives; otherwise post to the channel."""
-        if _token_valid(job) and job.response_message_id is not None:
+    ) -> int:
+        """Edit the job's reply while its token lives; otherwise post to the channel. Returns the
+        message's id. Editing is idempotent: a result posted again after a restart replaces itself."""
+        if _token_valid(job):
             try:
                 message = await self._edit_reply(
                     job, content=content, embeds=[embed] if embed else [], attachments=files, view=view
                 )
                 if message is not None:
-                    await self._store.set_message_ids(job.id, result_message_id=message.id)
-                    return
+                    return message.id
             except discord.HTTPException as error:
                 log.warning("job %s: editing the reply failed (%s); posting to the channel", job.id, error)
             for file in files:
                 file.reset()
         channel = self._client.get_channel(job.channel_id) or await self._client.fetch_channel(job.channel_id)
         assert isinstance(channel, discord.abc.Messageable)
+        if job.id in self._resumed and (earlier := await self._posted_before(channel, job)) is not None:
+            return earlier.id  # a channel post cannot be edited into itself: look before posting again
         kwargs: dict[str, Any] = {"content": content, "files": files}
         if embed is not None:
             kwargs["embed"] = embed
         if view is not None:
             kwargs["view"] = view
-        message = await channel.send(**kwargs)
-        await self._store.set_message_ids(job.id, result_message_id=message.id)
+        return (await channel.send(**kwargs)).id
+
+    async def _posted_before(self, channel: discord.abc.Messageable, job: JobRow) -> discord.Message | None:
+        """The bot's own recent channel message naming this job, if the last run posted it."""
+        name = render.describe(job)
+        async for message in channel.history(limit=RESUME_LOOKBACK):
+            if message.author == self._client.user and (
+                name in message.content or any(embed.title == name for embed in message.embeds)
+            ):
+                return message
+        return None
 
     async def _edit_reply(self, job: JobRow, **changes: Any) -> discord.WebhookMessage | None:
-        assert job.application_id and job.interaction_token and job.response_message_id
+        """Edit the reply by its id, or, when this process never learnt it (killed after the
+        acknowledgement), as the interaction's original response."""
+        assert job.application_id and job.interaction_token
         webhook = discord.Webhook.partial(job.application_id, job.interaction_token, client=self._client)
+        # discord.py puts the id into the URL as it is; Discord accepts "@original" there.
+        message_id: Any = job.response_message_id or "@original"
         try:
-            return await webhook.edit_message(job.response_message_id, **changes)
+            return await webhook.edit_message(message_id, **changes)
         except discord.HTTPException as error:
             if "attachments" in changes:
                 raise

@@ -40,7 +40,7 @@ def queued_text(job: JobRow, ahead: int, eta_s: float) -> str:
 
 
 def not_queued_text(what_failed: str) -> str:
-    """A request acknowledged publicly that then could not be queued."""
+    """A request that could not be stored and queued (said privately, before any acknowledgement)."""
     return f"⚠️ This request could not be queued: {what_failed}. Nothing was charged; please try again later."
 
 

@@ -28,6 +28,7 @@ MIN_STRENGTH, MAX_STRENGTH = 0.1, 1.0
 DEFAULT_STRENGTH = 0.6
 UPSCALE_STEPS = 20  # what the x2 latent upscaler is tuned for
 SIZE_MULTIPLE = 64
+RANDOM_SEED = -1  # the seed that asks for a random one, as in AUTOMATIC1111
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _SPACES = re.compile(r"\s+")
 
@@ -64,9 +65,20 @@ def normalise_text(text: str) -> str:
     return _SPACES.sub(" ", visible).strip()
 
 
+def chosen_seed(seed: int | None) -> int | None:
+    """The seed a member or operator asked for, or None for random: -1 (and no seed) mean random,
+    as in AUTOMATIC1111. Anything else outside 0..4294967295 is refused, never wrapped."""
+    if seed is None or seed == RANDOM_SEED:
+        return None
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}, or -1 for a random one (got {seed})")
+    return seed
+
+
 def seeds(count: int, first: int | None = None) -> tuple[int, ...]:
     """`first`, `first + 1`, ... (so one seed names a whole job, wrapping past 4294967295 to 0),
-    or independent random seeds."""
+    or independent random seeds (`first` None or -1)."""
+    first = chosen_seed(first)
     if first is None:
         return tuple(secrets.randbelow(MAX_SEED + 1) for _ in range(count))
     return tuple((first + offset) % (MAX_SEED + 1) for offset in range(count))
@@ -197,6 +209,7 @@ def upscale_of(job: JobRow, image: ImageRow) -> GenerationParams:
 
 def reroll(job: JobRow, seed: int | None = None) -> GenerationParams:
     """The job's parameters again: new seeds, or with `seed` the one image that seed made."""
+    seed = chosen_seed(seed)
     return job.params().model_copy(update={"seeds": (seed,) if seed is not None else seeds(job.image_count)})
 
 

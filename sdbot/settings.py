@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,6 +10,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SDBOT_"
+# Settings that hold lists, and how they may be written.
+LIST_SETTINGS = ("dev_guild_ids", "blocked_words")
+LIST_FORMS = "write a comma-separated list (1,2) or a JSON list ([1, 2])"
 
 
 class Settings(BaseSettings):
@@ -61,15 +65,22 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     ray_num_workers: int | None = Field(None, ge=1)
     ray_gpus_per_worker: float = Field(1.0, ge=0.0)
+    ray_cpus_per_worker: int = Field(1, ge=1)
+    ray_start_timeout_s: float = Field(120.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("dev_guild_ids", "blocked_words", mode="before")
+    @field_validator(*LIST_SETTINGS, mode="before")
     @classmethod
-    def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    def _list(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("not a valid JSON list") from None
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @field_validator("device")
     @classmethod
@@ -94,8 +105,10 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        problems = []
+        problems: dict[str, str] = {}  # one line per variable, however many of its items are wrong
         for item in error.errors():
-            name = ENV_PREFIX + str(item["loc"][0]).upper() if item["loc"] else "settings"
-            problems.append(f"{name}: {item['msg']}")
-        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+            field = str(item["loc"][0]) if item["loc"] else ""
+            name = ENV_PREFIX + field.upper() if field else "settings"
+            hint = f"; {LIST_FORMS}" if field in LIST_SETTINGS else ""
+            problems.setdefault(name, f"{name}: {item['msg']}{hint}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems.values())) from None

@@ -34,6 +34,10 @@ class QuotaExceeded(Exception):
         )
 
 
+class StoreUnavailable(Exception):
+    """The database file cannot be created or opened; the message names the file and why."""
+
+
 class QuotaStatus(BaseModel):
     limit: int | None  # None: unlimited
     used: int
@@ -72,11 +76,17 @@ class Store:
         cls, path: Path, *, default_daily_quota: int = 50, migrations_dir: Path | None = None
     ) -> Store:
         """Open (creating folders and the file if needed) and bring the schema up to date."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailable(f"cannot open the database file {path}: {_why(error)}") from None
         try:
             db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA journal_mode = WAL")
+            try:
+                await db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.Error as error:  # the first statement that touches the file
+                raise StoreUnavailable(f"cannot open the database file {path}: {_why(error)}") from None
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA busy_timeout = 5000")
             await apply_migrations(db, migrations_dir)
@@ -264,19 +274,27 @@ class Store:
             )
         return _job(row)
 
-    async def set_message_ids(
-        self,
-        job_id: int,
-        *,
-        response_message_id: int | None = None,
-        result_message_id: int | None = None,
-    ) -> None:
+    async def set_reply_id(self, job_id: int, message_id: int) -> None:
+        """The message the job's reply lives in (its "queued" text, later edited into the result)."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE jobs SET response_message_id = ? WHERE id = ?", (message_id, job_id))
+
+    async def mark_delivered(self, job_id: int, message_id: int | None, *, now: float | None = None) -> None:
+        """The job's end reached Discord in message `message_id` (None: it could never be posted)."""
         async with self._transaction() as db:
             await db.execute(
-                """UPDATE jobs SET response_message_id = COALESCE(?, response_message_id),
-                       result_message_id = COALESCE(?, result_message_id) WHERE id = ?""",
-                (response_message_id, result_message_id, job_id),
+                """UPDATE jobs SET delivered_at = ?, result_message_id = COALESCE(?, result_message_id)
+                   WHERE id = ?""",
+                (time.time() if now is None else now, message_id, job_id),
             )
+
+    async def undelivered_jobs(self) -> list[JobRow]:
+        """Jobs that ended but whose end was not posted yet (the bot stopped in between), oldest first."""
+        rows = await self._fetchall(
+            """SELECT * FROM jobs WHERE delivered_at IS NULL AND status IN ('done', 'failed', 'cancelled')
+               ORDER BY id"""
+        )
+        return [_job(row) for row in rows]
 
     async def images(self, job_id: int) -> list[ImageRow]:
         rows = await self._fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
@@ -451,6 +469,11 @@ class Store:
             "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
         )
         return [AuditEntry(**{**dict(row), "details": json.loads(row["details"])}) for row in rows]
+
+
+def _why(error: OSError | sqlite3.Error) -> str:
+    """The operating system's words (`No such file or directory`) rather than Python's."""
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
 
 
 def _job(row: aiosqlite.Row) -> JobRow:

@@ -163,6 +163,8 @@ class JobRow(BaseModel):
     interaction_token: str | None
     response_message_id: int | None
     result_message_id: int | None
+    # When the job's end (result, failure or cancellation) reached Discord; None until then.
+    delivered_at: float | None = None
 
     @property
     def image_count(self) -> int:

@@ -9,7 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
-from generation.requests import ASPECTS
+from generation.requests import ASPECTS, RANDOM_SEED
 from sdbot.types import MAX_SEED
 
 
@@ -22,7 +22,7 @@ class Imagine(commands.Cog):
     @app_commands.describe(
         prompt="What to draw",
         negative="What to keep out of the picture",
-        seed="Seed of the first image (same seed and settings, same picture)",
+        seed="Seed of the first image (same seed and settings, same picture); -1 or empty: random",
         count="How many images (1-4)",
         steps="Denoising steps (more is slower, sometimes better)",
         guidance="How closely to follow the prompt (CFG scale; 0 for turbo models)",
@@ -34,7 +34,7 @@ class Imagine(commands.Cog):
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1000],
         negative: app_commands.Range[str, 0, 1000] = "",
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        seed: app_commands.Range[int, RANDOM_SEED, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
         steps: app_commands.Range[int, 1, 500] | None = None,
         guidance: app_commands.Range[float, 0.0, 30.0] | None = None,

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
+from generation.requests import RANDOM_SEED
 from sdbot.types import MAX_SEED
 
 
@@ -18,12 +19,12 @@ class Reroll(commands.Cog):
 
     @app_commands.command(description="Run a job again: new seeds, or one seed to reproduce its image")
     @app_commands.guild_only()
-    @app_commands.describe(job="Job id", seed="Reproduce exactly this seed (from the result or /job)")
+    @app_commands.describe(job="Job id", seed="Reproduce exactly this seed (from the result or /job); -1: new random seeds")
     async def reroll(
         self,
         interaction: discord.Interaction,
         job: app_commands.Range[int, 1],
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        seed: app_commands.Range[int, RANDOM_SEED, MAX_SEED] | None = None,
     ) -> None:
         await self.bot.admission.reroll(interaction, job, seed)
 

@@ -35,12 +35,18 @@ from generation.engine.devices import (
 )
 from generation.engine.pipelines import (
     LoadedPipeline,
+    check_upscaler,
     img2img_from,
     load_safety_checker,
     load_text2img,
     load_upscaler,
+    to_download,
 )
-from generation.engine.png_metadata import EncodedImage, encode_for_upload
+from generation.engine.png_metadata import (
+    EncodedImage,
+    a1111_sampler,
+    encode_for_upload,
+)
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from sdbot.types import (
@@ -120,6 +126,12 @@ class DiffusionEngine:
         with self._lock:
             if self._text2img is not None:
                 return
+            check_upscaler(self.config)
+            downloads = to_download(self.config)
+            log.info(
+                "loading %s on %s%s", self.model_id, self.device,
+                f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
+            )
             text2img = load_text2img(self.config, self._device, self._dtype)
             self._img2img = img2img_from(text2img)
             if self.config.safety_checker:
@@ -304,7 +316,9 @@ class DiffusionEngine:
             output_type="pil",
             **shape_args,
         ).images
-        return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision)
+        return _Produced(
+            images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, _sampler(pipe)
+        )
 
     def _upscale(
         self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
@@ -340,7 +354,8 @@ class DiffusionEngine:
             output_type="pil",
         ).images
         scheduler = type(pipe.scheduler).__name__
-        return _Produced(images, params.steps, scheduler, loaded.model_id, loaded.revision, {"upscaler": "latent"})
+        extra = {"upscaler": "latent", **_sampler(pipe)}
+        return _Produced(images, params.steps, scheduler, loaded.model_id, loaded.revision, extra)
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -444,3 +459,8 @@ def _set_vae_tiling(vae: Any, pixels: int) -> None:
         vae.enable_tiling()
     else:
         vae.disable_tiling()
+
+
+def _sampler(pipe: Any) -> dict[str, str]:
+    """The scheduler's A1111 sampler name, for the PNG `parameters` text."""
+    return {"sampler": a1111_sampler(type(pipe.scheduler).__name__, pipe.scheduler.config)}

@@ -28,6 +28,7 @@ from diffusers import (
 from diffusers.pipelines.stable_diffusion.safety_checker import (
     StableDiffusionSafetyChecker,
 )
+from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -111,6 +112,31 @@ def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype
     _attempt(lambda: pipe.to(device), setting, model_id)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, model_id, revision)
+
+
+def check_upscaler(config: EngineConfig) -> None:
+    """The upscaler loads at the first /upscale; a folder that is not there is refused at start."""
+    if not config.plain_upscale:
+        _refuse_missing_folder(config.upscaler_model_id, "upscaler_model_id")
+
+
+def to_download(config: EngineConfig) -> list[str]:
+    """The hub ids a start would download: those not in the local Hugging Face cache (never folders)."""
+    wanted = [(config.model_id, "model_index.json", config.model_revision)]
+    if config.safety_checker:
+        wanted.append((config.safety_model_id, "config.json", None))
+    return [
+        model_id
+        for model_id, marker, revision in wanted
+        if not Path(model_id).expanduser().is_dir() and not _in_cache(model_id, marker, revision)
+    ]
+
+
+def _in_cache(model_id: str, marker: str, revision: str | None) -> bool:
+    try:
+        return isinstance(try_to_load_from_cache(model_id, marker, revision=revision), str)
+    except ValueError:  # not a valid hub id either: loading will say so
+        return False
 
 
 def load_safety_checker(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> SafetyChecker:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -27,14 +28,41 @@ _NEGATIVE_PREFIX = "Negative prompt:"
 # One `Key: value` pair of the settings line; values with commas or colons are JSON-quoted.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _INT_KEYS = frozenset({"steps", "seed"})
+# The sampler names A1111 readers expect, by diffusers scheduler class (the JSON keeps the class).
+_A1111_SAMPLERS = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "HeunDiscreteScheduler": "Heun",
+    "LMSDiscreteScheduler": "LMS",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+    "DDPMScheduler": "DDPM",
+}
 _FLOAT_KEYS = frozenset({"cfg_scale", "denoising_strength"})
+
+
+def a1111_sampler(scheduler: str, config: Mapping[str, Any]) -> str:
+    """`Euler a`, `DPM++ 2M Karras`...: the A1111 name of a diffusers scheduler and its config
+    (an unknown class keeps its own name)."""
+    name = _A1111_SAMPLERS.get(scheduler, scheduler)
+    if scheduler == "DPMSolverMultistepScheduler" and config.get("algorithm_type") == "sde-dpmsolver++":
+        name += " SDE"
+    if config.get("use_karras_sigmas"):
+        name += " Karras"
+    return name
 
 
 def format_parameters(record: GenerationRecord) -> str:
     """The A1111 text: prompt, `Negative prompt: ...` line, then one line of settings."""
     settings = {
         "Steps": record.steps,
-        "Sampler": record.scheduler,
+        "Sampler": record.extra.get("sampler") or a1111_sampler(record.scheduler, {}),
         "CFG scale": record.guidance,
         "Seed": record.seed,
         "Size": f"{record.width}x{record.height}",

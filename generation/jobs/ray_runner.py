@@ -15,8 +15,9 @@ Across the process boundary:
   The runner polls the worker's `should_stop` every STOP_POLL_S while a batch runs, and also sends
   a stop when its own call is cancelled (job timeout, shutdown).
 - Failure: an actor that dies (killed, out of memory, host lost) shows up as `RayActorError`
-  (`ActorDiedError`, `ActorUnavailableError`); the runner raises `WorkerLost`, the worker puts the
-  batch's jobs back at the front of their users' queues and probes the runner with an empty batch
+  (`ActorDiedError`, `ActorUnavailableError`); the runner raises `WorkerLost`, the worker keeps
+  what pieces of a split batch already made and puts the unfinished jobs back at the front of their
+  users' queues and probes the runner with an empty batch
   until Ray has restarted the actor (`max_restarts=-1`) and it answers with its model loaded. Ray
   never retries a batch by itself (`max_task_retries=0`): the queue decides where it runs again.
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import ray
 import torch
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
@@ -179,28 +180,39 @@ def worker_plan(settings: Settings, cluster_gpus: float) -> tuple[int, float]:
     return workers, gpus
 
 
-def start_ray_runners(settings: Settings, *, cpus_per_worker: int = 1) -> list[RayRunner]:
+def start_ray_runners(settings: Settings) -> list[RayRunner]:
     """Join the Ray cluster at SDBOT_RAY_ADDRESS (unset: start a local one) unless already
     connected, start the engine actors and wait until each has loaded its model. Each actor
-    reserves `cpus_per_worker` CPUs and runs torch on that many threads. Raises ModelLoadError
-    when an actor cannot load the model."""
+    reserves SDBOT_RAY_CPUS_PER_WORKER CPUs and runs torch on that many threads. Raises
+    ModelLoadError when an actor cannot load the model, or when the actors have not started within
+    SDBOT_RAY_START_TIMEOUT_S (the cluster lacks the resources they ask for, say)."""
     if not ray.is_initialized():
         ray.init(address=settings.ray_address or "local")  # "local": a new instance, never a stray one
     workers, gpus = worker_plan(settings, ray.cluster_resources().get("GPU", 0.0))
-    log.info("starting %d Ray worker(s), %g GPU(s) and %d CPU(s) each", workers, gpus, cpus_per_worker)
+    cpus = settings.ray_cpus_per_worker
+    log.info("starting %d Ray worker(s), %g GPU(s) and %d CPU(s) each", workers, gpus, cpus)
     # Only the engine's settings travel: the Discord token stays in the bot process.
     config = EngineConfig.from_settings(settings)
     actors = [
         EngineActor.options(  # type: ignore[attr-defined]
-            num_gpus=gpus, num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=0
-        ).remote(config, cpus_per_worker)
+            num_gpus=gpus, num_cpus=cpus, max_restarts=-1, max_task_retries=0
+        ).remote(config, cpus)
         for _ in range(workers)
     ]
     try:
-        infos: list[WorkerInfo] = ray.get([actor.describe.remote() for actor in actors])
-    except RayActorError as error:
+        infos: list[WorkerInfo] = ray.get(
+            [actor.describe.remote() for actor in actors], timeout=settings.ray_start_timeout_s
+        )
+    except (RayActorError, GetTimeoutError) as error:
         for actor in actors:
             ray.kill(actor, no_restart=True)
+        if isinstance(error, GetTimeoutError):
+            raise ModelLoadError(
+                f"the Ray workers had not started after {settings.ray_start_timeout_s:g} s "
+                f"(SDBOT_RAY_START_TIMEOUT_S): the cluster has {_resources()}, and {workers} worker(s) "
+                f"need {gpus:g} GPU(s) and {cpus} CPU(s) each (SDBOT_RAY_GPUS_PER_WORKER, "
+                "SDBOT_RAY_CPUS_PER_WORKER)"
+            ) from None
         raise ModelLoadError(f"a Ray worker could not start: {_summary(error)}") from error
     runners = [RayRunner(actor, info, f"ray-worker-{index}") for index, (actor, info) in enumerate(zip(actors, infos, strict=True))]
     for runner in runners:
@@ -208,6 +220,12 @@ def start_ray_runners(settings: Settings, *, cpus_per_worker: int = 1) -> list[R
         log.info("%s: %s (revision %s) on %s, host %s pid %d",
                  runner.name, info.model_id, info.model_revision, info.device, info.host, info.pid)
     return runners
+
+
+def _resources() -> str:
+    """The cluster's CPUs and GPUs, as Ray counts them."""
+    resources = ray.cluster_resources()
+    return f"{resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s)"
 
 
 def _summary(error: RayActorError) -> str:

@@ -100,6 +100,7 @@ class Worker:
         self._stopping = False
         self._abandoned = False  # shutdown gave up on the batch: tell the engine to stop
         self._runner_lost = False  # its runner died under a batch and has not answered since
+        self._settled: dict[int, _Result] = {}  # jobs of the running batch whose piece has ended
 
     @property
     def is_up(self) -> bool:
@@ -177,14 +178,27 @@ class Worker:
                     results[job.id] = str(error)
             results |= await self._attempt(tasks)
         except WorkerLost as error:
-            await self._requeue_lost(error)
+            # Pieces of a split batch that ended before the runner died keep their images: only
+            # the unfinished jobs run again.
+            settled = {job.id: results.get(job.id, self._settled.get(job.id)) for job in jobs}
+            await self._requeue_lost(error, keep=[job_id for job_id, result in settled.items() if result is not None])
+            for job in jobs:
+                if settled[job.id] is not None:
+                    await self._end(job, settled[job.id])
             return
+        finally:
+            self._settled.clear()
         for job in jobs:
             await self._end(job, results.get(job.id))
 
     async def _attempt(self, tasks: Sequence[_Task]) -> dict[int, _Result]:
         """Run jobs in one engine call; on failure, retry in smaller pieces. Jobs cancelled
-        meanwhile have no entry."""
+        meanwhile have no entry. Each piece's results are also kept in `_settled` as it ends."""
+        results = await self._attempt_once(tasks)
+        self._settled |= results
+        return results
+
+    async def _attempt_once(self, tasks: Sequence[_Task]) -> dict[int, _Result]:
         live = [task for task in tasks if task.job.id not in self._cancelled]
         if not live:
             return {}
@@ -282,23 +296,24 @@ class Worker:
         )
         return (finished, images, result) if finished else (None, [], None)
 
-    async def _requeue_lost(self, error: WorkerLost) -> None:
-        """The runner died under the batch: its jobs go back to queued, each ahead of its user's
-        other jobs, for the other workers; jobs flagged as cancelled end so. This worker counts as
-        down until its runner answers again."""
+    async def _requeue_lost(self, error: WorkerLost, keep: Sequence[int] = ()) -> None:
+        """The runner died under the batch: its unfinished jobs (all but `keep`) go back to
+        queued, each ahead of its user's other jobs, for the other workers; jobs flagged as
+        cancelled end so. This worker counts as down until its runner answers again."""
         self._runner_lost = True
-        lost = [job_id for job_id in self._batch if job_id not in self._cancelled]
+        lost = [job_id for job_id in self._batch if job_id not in self._cancelled and job_id not in keep]
         # The store first: another worker may take a job the moment it is back in the queue.
         await self._store.requeue(lost)
         for queued in reversed(list(self._batch.values())):  # front of the queue, batch order kept
-            if queued.id not in self._cancelled:  # a cancel may have arrived meanwhile
+            if queued.id in lost and queued.id not in self._cancelled:  # a cancel may have arrived meanwhile
                 del self._batch[queued.id]
                 self._queue.requeue_front(queued)
         self._wakeup.set()
         log.warning("%s is down (%s); jobs %s are queued again for the workers still up",
                     self.name, error, lost)
         for queued in list(self._batch.values()):
-            await self._end(queued.payload, None)
+            if queued.id not in keep:  # cancelled meanwhile; the kept ones end with their results
+                await self._end(queued.payload, None)
 
     async def _wait_for_runner(self) -> None:
         """Probe the lost runner with an empty batch until it answers (a restarted remote worker

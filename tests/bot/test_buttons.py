@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -149,3 +150,21 @@ async def test_variations_need_exactly_one_source(harness: BotHarness) -> None:
     await no_prompt.wait_response()
     assert no_prompt.ephemeral and "prompt" in no_prompt.content
     assert not (harness.settings.output_dir / "uploads").exists()  # refused before anything was stored
+
+
+async def test_a_double_click_makes_one_job(harness: BotHarness) -> None:
+    fake, store = harness.fake, harness.store
+    assert store is not None
+    result = await _imagine(harness, count=1, seed=21)
+    for label in ("V1", "U1", "🔄 Reroll"):
+        button = result.button(label=label)["custom_id"]
+        first = await fake.click(fake.member, result, button)
+        await asyncio.sleep(0.015)
+        second = await fake.click(fake.member, result, button)
+        await second.wait_response()
+        made = await first.wait_original(lambda m: bool(m.attachments), timeout=30)
+        job_id = int(made.attachments[0].filename.split("-")[1])
+        assert second.ephemeral and second.content == f"Already queued as #{job_id}."
+    jobs = await store.recent_jobs(fake.guild.id, fake.member.id)
+    assert len(jobs) == 4  # the imagine and one job per button
+    assert (await store.quota(fake.guild.id, fake.member.id)).used == 1 + 4 + 1 + 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.cli import _imagine_batches, imagine_to_files
+from bot.cli import _imagine_params, imagine_to_files
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths
@@ -90,7 +90,7 @@ def test_imagine_to_files_writes_pngs_with_consecutive_seeds(
 ) -> None:
     args = argparse.Namespace(prompt="a tiny robot", negative="", seed=4294967295, count=2, steps=2, guidance=None)
     limits = RequestLimits.from_settings(tiny_models.settings())
-    files = imagine_to_files(tiny_engine, _imagine_batches(args, limits, 64, 64), tmp_path / "out")
+    files = imagine_to_files(tiny_engine, [_imagine_params(args, limits, 64, 64)], tmp_path / "out")
     assert [seed for _, seed in files] == [4294967295, 0]  # wraps around the seed range
     for path, seed in files:
         parameters = parse_parameters(Image.open(path).text["parameters"])
@@ -103,3 +103,34 @@ def test_imagine_refuses_bad_arguments_before_loading_the_model(tmp_path: Path) 
     result = sdbot("imagine", "x", "--steps", "999", env={"SDBOT_MODEL_ID": str(tmp_path / "nope")}, cwd=tmp_path)
     assert result.returncode == 1
     assert "steps must be between 1 and 50" in result.stderr and "SDBOT_MODEL_ID" not in result.stderr
+
+
+def test_imagine_refuses_what_the_bot_refuses(tmp_path: Path) -> None:
+    """More images than SDBOT_MAX_COUNT, or a seed outside the 32-bit range, are refused (no model loads)."""
+    missing_model = {"SDBOT_MODEL_ID": str(tmp_path / "nope")}
+    too_many = sdbot("imagine", "x", "--count", "99", env=missing_model, cwd=tmp_path)
+    assert too_many.returncode == 1 and "at most 4 images per request (got 99)" in too_many.stderr
+    seed = str(2**70)  # the other bounds are in tests/generation/test_requests.py
+    wrapped = sdbot("imagine", "x", "--seed", seed, env=missing_model, cwd=tmp_path)
+    assert wrapped.returncode == 1
+    assert f"seed must be between 0 and 4294967295, or -1 for a random one (got {seed})" in wrapped.stderr
+
+
+def test_imagine_seed_minus_one_or_empty_is_random(tiny_models: TinyModelPaths) -> None:
+    limits = RequestLimits.from_settings(tiny_models.settings())
+    for seed in (-1, None):
+        args = argparse.Namespace(prompt="x", negative="", seed=seed, count=4, steps=1, guidance=None)
+        params = _imagine_params(args, limits, 64, 64)
+        assert all(0 <= s <= 4294967295 for s in params.seeds) and len(set(params.seeds)) > 1
+
+
+def test_run_opens_the_database_before_loading_models(tmp_path: Path) -> None:
+    """A bad database path is one line naming the file and why, before any model is looked at."""
+    env = {"SDBOT_DISCORD_TOKEN": "x", "SDBOT_DATABASE_PATH": "/proc/nope/db.sqlite3",
+           "SDBOT_MODEL_ID": str(tmp_path / "no-model")}
+    result = sdbot("run", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "sdbot: cannot open the database file /proc/nope/db.sqlite3: No such file or directory; "
+        "check SDBOT_DATABASE_PATH"
+    )

@@ -20,3 +20,13 @@ async def test_imagine_posts_four_images_with_buttons(harness: BotHarness) -> No
     assert "a lighthouse at dusk" in embed["description"]
     assert "`7`" in next(f["value"] for f in embed["fields"] if f["name"] == "Seeds")
     assert not handle.ephemeral
+
+
+async def test_seed_minus_one_means_random(harness: BotHarness) -> None:
+    fake = harness.fake
+    handle = await fake.slash(fake.member, "imagine", prompt="a lighthouse", seed=-1, count=1)
+    result = await handle.wait_original(lambda m: bool(m.attachments), timeout=30)
+    seed = int(result.attachments[0].filename.removesuffix(".png").split("-")[-1])
+    assert 0 <= seed <= 4294967295 and seed != 4294967295  # not -1 wrapped into the range
+    rerolled = await fake.slash(fake.member, "reroll", job=1, seed=-1)
+    assert len((await rerolled.wait_original(lambda m: bool(m.attachments), timeout=30)).attachments) == 1

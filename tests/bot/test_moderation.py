@@ -54,7 +54,7 @@ async def test_invalid_steps_get_a_clear_refusal(harness: BotHarness) -> None:
 async def test_seed_range_and_aspect_choices_are_declared_to_discord(harness: BotHarness) -> None:
     imagine = harness.fake.synced_commands(guild=True)["imagine"]
     options = {option["name"]: option for option in imagine["options"]}
-    assert (options["seed"]["min_value"], options["seed"]["max_value"]) == (0, 2**32 - 1)
+    assert (options["seed"]["min_value"], options["seed"]["max_value"]) == (-1, 2**32 - 1)  # -1: random
     assert [c["value"] for c in options["aspect"]["choices"]] == ["1:1", "2:3", "3:2", "16:9", "9:16"]
     with pytest.raises(Exception, match="seed"):
         await harness.fake.slash(harness.fake.member, "imagine", prompt="x", seed=2**32)

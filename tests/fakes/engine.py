@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from generation.errors import Cancelled, OutOfMemory
+from generation.errors import Cancelled, OutOfMemory, WorkerLost
 from generation.jobs.runners import Engine, LocalRunner
 from generation.jobs.scheduler import JobScheduler
 from sdbot.settings import Settings
@@ -36,6 +36,7 @@ from sdbot.types import (
 
 FAIL_MARKER = "explode"  # a prompt containing this makes the engine raise
 FLAG_MARKER = "flagme"  # a prompt containing this makes its images flagged
+LOSE_MARKER = "unplug"  # a prompt containing this loses the runner (once), as a killed Ray actor does
 
 
 class FakeEngine:
@@ -49,6 +50,7 @@ class FakeEngine:
         self.step_s = step_s
         self.oom_above_images = oom_above_images
         self.gate = gate
+        self.lost_once = False
         self.calls: list[list[GenerationParams]] = []
         self.steps_run: list[int] = []  # per call: steps completed before returning or stopping
 
@@ -58,6 +60,8 @@ class FakeEngine:
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]:
+        if not batch:  # a liveness probe, as the worker sends after losing its runner
+            return []
         self.calls.append(list(batch))
         self.steps_run.append(0)
         while self.gate is not None and not self.gate.wait(0.005):
@@ -66,6 +70,9 @@ class FakeEngine:
         images = sum(params.image_count for params in batch)
         if self.oom_above_images is not None and images > self.oom_above_images:
             raise OutOfMemory(f"{images} images do not fit")
+        if not self.lost_once and any(LOSE_MARKER in params.prompt for params in batch):
+            self.lost_once = True
+            raise WorkerLost("the fake runner was unplugged")
         if any(FAIL_MARKER in params.prompt for params in batch):
             raise RuntimeError("the fake engine broke on purpose")
         started = time.monotonic()

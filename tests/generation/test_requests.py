@@ -131,3 +131,14 @@ def test_imagine_uses_the_operators_defaults() -> None:
 def test_upscale_sizes_go_down_to_multiples_of_64() -> None:
     params = requests.upscale(200, 130)
     assert (params.width, params.height, params.pipeline) == (192, 128, PipelineKind.UPSCALE)
+
+
+@pytest.mark.parametrize("seed", [-2, 2**32, 2**70])
+def test_seeds_outside_the_32_bit_range_are_refused_not_wrapped(seed: int) -> None:
+    with pytest.raises(InvalidRequest, match=rf"seed must be between 0 and 4294967295, or -1 .*\(got {seed}\)"):
+        requests.imagine(LIMITS, prompt="a cat", seed=seed, width=64, height=64)
+
+
+def test_seed_minus_one_is_random_as_in_a1111() -> None:
+    drawn = {requests.imagine(LIMITS, prompt="a cat", seed=-1, count=1, width=64, height=64).seeds[0] for _ in range(5)}
+    assert len(drawn) > 1 and all(0 <= seed <= 4294967295 for seed in drawn)

@@ -24,6 +24,25 @@ def test_environment_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_batch == 8
 
 
+@pytest.mark.parametrize("written", ["1,2", "[1, 2]", " [1,2] "])
+def test_lists_are_comma_separated_or_json(monkeypatch: pytest.MonkeyPatch, written: str) -> None:
+    monkeypatch.setenv("SDBOT_DEV_GUILD_IDS", written)
+    monkeypatch.setenv("SDBOT_BLOCKED_WORDS", '["gore", "bad, phrase"]')
+    settings = load_settings()
+    assert settings.dev_guild_ids == [1, 2]
+    assert settings.blocked_words == ["gore", "bad, phrase"]
+
+
+@pytest.mark.parametrize("written", ["[1,x]", "1,x,y", "[1, 2"])
+def test_a_bad_list_is_one_line_naming_the_setting_and_the_forms(monkeypatch: pytest.MonkeyPatch, written: str) -> None:
+    monkeypatch.setenv("SDBOT_DEV_GUILD_IDS", written)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert message.count("SDBOT_DEV_GUILD_IDS") == 1
+    assert "comma-separated list (1,2) or a JSON list ([1, 2])" in message
+
+
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("SDBOT_DISCORD_TOKEN=abc.def\nSDBOT_DEVICE=cpu\n")
     settings = load_settings()

@@ -183,3 +183,32 @@ async def test_cancelled_writers_leave_no_open_transaction(store: Store) -> None
         await asyncio.gather(task, return_exceptions=True)
     job = await store.create_job(new_job(user=77, images=1))
     assert await store.cancel_job(job.id, "still writable")
+
+
+async def test_an_ended_job_stays_undelivered_until_its_post_is_recorded(store: Store) -> None:
+    done = await store.create_job(new_job())
+    failed = await store.create_job(new_job())
+    await store.create_job(new_job())  # still queued: the scheduler's to recover, not delivery's
+    await store.finish_job(done.id, [])
+    await store.fail_job(failed.id, "boom")
+    assert [job.id for job in await store.undelivered_jobs()] == [done.id, failed.id]
+    await store.mark_delivered(done.id, 555)
+    [left] = await store.undelivered_jobs()
+    assert left.id == failed.id
+    delivered = await store.get_job(done.id)
+    assert delivered is not None and delivered.result_message_id == 555 and delivered.delivered_at is not None
+
+
+async def test_jobs_ended_before_delivery_was_tracked_are_not_posted_again(tmp_path: Path) -> None:
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for name in ("0001_initial.sql", "0002_queue_shares.sql"):
+        (before / name).write_text((bundled_migrations_dir() / name).read_text())
+    path = tmp_path / "db.sqlite3"
+    old = await Store.open(path, migrations_dir=before)
+    ended = await old.create_job(new_job())
+    await old.finish_job(ended.id, [])
+    await old.close()
+    upgraded = await Store.open(path)
+    assert await upgraded.undelivered_jobs() == []
+    await upgraded.close()

@@ -3,7 +3,9 @@ and warnings."""
 
 from __future__ import annotations
 
+import logging
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ import torch
 from PIL import Image
 
 from generation.engine.diffusion import DiffusionEngine
+from generation.engine.pipelines import to_download
 from generation.engine.png_metadata import read_record
 from generation.engine.tiny_models import TinyModelPaths
-from generation.errors import Cancelled, InvalidRequest, OutOfMemory
+from generation.errors import Cancelled, InvalidRequest, ModelLoadError, OutOfMemory
 from sdbot.types import GeneratedImage, PipelineKind
 from tests.fakes.params import ignore_steps, never, text2img
 
@@ -37,7 +40,8 @@ def test_imagine_returns_one_png_per_seed_with_its_record(tiny_engine: Diffusion
         record = image.record
         assert (record.prompt, record.seed, record.steps, record.width) == ("a red fox", image.seed, 2, 64)
         assert record.pipeline is PipelineKind.TEXT2IMG
-        assert record.scheduler == "EulerDiscreteScheduler"
+        assert record.scheduler == "EulerDiscreteScheduler"  # the class in the JSON record
+        assert "Sampler: Euler," in Image.open(BytesIO(image.data or b"")).text["parameters"]  # A1111's name
         assert record.model_revision == tiny_engine.model_revision and len(record.model_revision) == 16
         assert (record.dtype, record.device) == ("float32", "cpu")
         assert set(record.versions) == {"torch", "diffusers", "transformers"}
@@ -120,3 +124,20 @@ def test_device_out_of_memory_becomes_out_of_memory(
     monkeypatch.setattr(tiny_engine, "_diffuse", exhausted)
     with pytest.raises(OutOfMemory, match="ran out of memory for 3 image"):
         tiny_engine.run_batch([text2img(seeds=(1, 2, 3))], ignore_steps, never)
+
+
+def test_a_missing_upscaler_folder_is_refused_at_start(tiny_models: TinyModelPaths, tmp_path: Path) -> None:
+    config = tiny_models.engine_config(upscaler_model_id=str(tmp_path / "no-upscaler"))
+    with pytest.raises(ModelLoadError, match=r"SDBOT_UPSCALER_MODEL_ID=.*no-upscaler.*no such folder"):
+        DiffusionEngine.load(config)
+
+
+def test_the_start_log_names_the_device_and_downloads_only_what_is_missing(
+    tiny_models: TinyModelPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="generation.engine.diffusion"):
+        DiffusionEngine.load(tiny_models.engine_config(device="auto"))
+    [start] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading")]
+    assert start == f"loading {tiny_models.pipeline} on cpu"  # local folders: nothing to download
+    hub = tiny_models.engine_config(model_id="someone/not-in-the-cache", safety_checker=False)
+    assert to_download(hub) == ["someone/not-in-the-cache"]

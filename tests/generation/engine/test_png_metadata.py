@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import pytest
 from PIL import ExifTags, Image
 
 from generation.engine.png_metadata import (
+    a1111_sampler,
     encode_for_upload,
     encode_png,
     format_parameters,
@@ -42,9 +44,26 @@ def test_parameters_text_is_automatic1111_style() -> None:
     assert format_parameters(record()) == (
         "a castle, on a hill: at dawn\n"
         "Negative prompt: blurry, low quality\n"
-        "Steps: 4, Sampler: EulerDiscreteScheduler, CFG scale: 0.0, Seed: 123, Size: 512x768, "
+        "Steps: 4, Sampler: Euler, CFG scale: 0.0, Seed: 123, Size: 512x768, "
         "Model: stabilityai/sd-turbo, Model hash: b261bac6fd"
     )
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "config", "sampler"),
+    [
+        ("EulerDiscreteScheduler", {}, "Euler"),
+        ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+        ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+        ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE"),
+        ("PNDMScheduler", {}, "PLMS"),
+        ("MyOwnScheduler", {}, "MyOwnScheduler"),
+    ],
+)
+def test_samplers_have_their_a1111_names(scheduler: str, config: dict[str, object], sampler: str) -> None:
+    assert a1111_sampler(scheduler, config) == sampler
+    with_name = record(scheduler=scheduler, extra={"sampler": sampler})
+    assert parse_parameters(format_parameters(with_name))["sampler"] == sampler
 
 
 def test_parameters_parse_back() -> None:

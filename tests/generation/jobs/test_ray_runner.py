@@ -37,7 +37,7 @@ def actors(tiny_models: TinyModelPaths) -> Iterator[list[RayRunner]]:
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False)
     try:
         # One CPU and one torch thread per actor: two actors fill the two-CPU instance.
-        yield start_ray_runners(tiny_models.settings(ray_num_workers=2), cpus_per_worker=1)
+        yield start_ray_runners(tiny_models.settings(ray_num_workers=2, ray_cpus_per_worker=1))
     finally:
         ray.shutdown()
 
@@ -48,6 +48,15 @@ def runners(actors: list[RayRunner], monkeypatch: pytest.MonkeyPatch) -> list[Ra
     # (ray.shutdown ends them).
     monkeypatch.setattr(RayRunner, "close", lambda self: None)
     return actors
+
+
+@needs_ray
+@pytest.mark.timeout(RAY_TEST_TIMEOUT_S)
+def test_workers_the_cluster_cannot_place_fail_the_start_in_time(actors: list[RayRunner], tiny_models: TinyModelPaths) -> None:
+    """Eight CPUs per worker on a two-CPU instance: Ray would wait for ever; the start gives up."""
+    settings = tiny_models.settings(ray_num_workers=1, ray_cpus_per_worker=8, ray_start_timeout_s=2)
+    with pytest.raises(ModelLoadError, match=r"had not started after 2 s .*need 0 GPU\(s\) and 8 CPU\(s\) each"):
+        start_ray_runners(settings)
 
 
 def scheduler_settings(models: TinyModelPaths, tmp_path: Path) -> Settings:

@@ -15,6 +15,7 @@ from sdbot.types import JobRow, JobStatus, PipelineKind
 from tests.fakes.engine import (
     FAIL_MARKER,
     FLAG_MARKER,
+    LOSE_MARKER,
     FakeEngine,
     RecordingListener,
     fake_pixels,
@@ -119,6 +120,19 @@ async def test_out_of_memory_splits_the_batch_and_fails_what_never_fits(store: S
     assert [listener.status(job_id) for job_id in small] == ["done"] * 3
     assert listener.status(big) == "failed"
     assert listener.finished[big][0].status_reason == OUT_OF_MEMORY_REASON
+
+
+async def test_a_lost_runner_costs_only_the_unfinished_pieces_of_a_split_batch(store: Store, tmp_path: Path) -> None:
+    engine = FakeEngine(oom_above_images=1)  # the batch of two is split, then the runner dies on the second
+    async with running_scheduler(store, make_settings(tmp_path), engine, start=False) as (scheduler, listener):
+        made = (await scheduler.submit(new_job(1, prompt="a lighthouse"))).job.id
+        lost = (await scheduler.submit(new_job(2, prompt=f"{LOSE_MARKER} the cable"))).job.id
+        await scheduler.start()
+        await listener.wait_finished(made, lost)
+    alone = [[params.prompt for params in call] for call in engine.calls if len(call) == 1]
+    assert alone.count(["a lighthouse"]) == 1  # made once, kept when the runner died after it
+    assert alone.count([f"{LOSE_MARKER} the cable"]) == 2  # lost with the runner, run again
+    assert listener.status(made) == listener.status(lost) == "done"
 
 
 async def test_cancel_running_job_stops_between_steps(store: Store, tmp_path: Path) -> None:
