@@ -16,6 +16,7 @@ from pathlib import Path
 from generation import requests
 from generation.jobs.runners import Engine
 from generation.requests import RequestLimits
+from sdbot.logs import configure_logging
 from sdbot.settings import Settings, SettingsError, load_settings
 from sdbot.types import GenerationParams
 
@@ -60,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     handlers = {
         "run": _run,
         "migrate": _migrate,

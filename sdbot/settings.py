@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     # Storage
     database_path: Path = Path("data/sdbot.sqlite3")
     output_dir: Path = Path("data/images")
+    keep_images_days: float | None = Field(None, gt=0)
 
     # Generation defaults and limits
     default_steps: int = Field(4, ge=1)
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1)
     job_timeout_s: float = Field(600.0, gt=0)
     progress_interval_s: float = Field(1.5, ge=0.0)
+    queue_update_interval_s: float = Field(5.0, ge=0.0)
 
     # Quotas
     default_daily_quota: int = Field(50, ge=0)
@@ -62,7 +64,11 @@ class Settings(BaseSettings):
     ray_num_workers: int | None = Field(None, ge=1)
     ray_gpus_per_worker: float = Field(1.0, ge=0.0)
 
+    # Operations
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("dev_guild_ids", "blocked_words", mode="before")
     @classmethod

@@ -18,11 +18,15 @@ from generation.requests import RequestLimits
 from sdbot.migrate import bundled_migrations_dir
 
 
+# The checkout under test, not whichever copy of the package the interpreter has installed.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def sdbot(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=120,
-        env=clean | {"HF_HUB_OFFLINE": "1"} | (env or {}), cwd=cwd,
+        env=clean | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)} | (env or {}), cwd=cwd,
     )
 
 
