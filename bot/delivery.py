@@ -117,7 +117,7 @@ class Delivery:
             return
         self._reply_ids[job.id] = message.id
         # Still queued (no await since the check): its reply follows the queue from now on.
-        if (place := self._position(job.id)) is not None:
+        if self._position(job.id) is not None:
             shown = job.model_copy(update={"response_message_id": message.id})
             self._queued[job.id] = _QueuedReply(shown, receipt.position, time.monotonic())
             self._queue_moved()  # a newcomer can go ahead of others (fair shares)

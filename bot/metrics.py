@@ -7,7 +7,13 @@ import logging
 import math
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from generation.engine.devices import gpu_memory_bytes
 from sdbot.logs import FIELDS
@@ -84,7 +90,7 @@ class JobObserver:
         fields = {
             "job_id": job.id, "user_id": job.user_id, "guild_id": job.guild_id, "kind": job.kind.value,
             "status": job.status.value, "images": len(images), "wait_s": _rounded(wait), "run_s": _rounded(run),
-            "batch_size": batch, "model": job.model_id,
+            "batch_size": batch, "model": job.model_id, "reason": job.status_reason,
         }
         log.info(
             "job %s %s: user=%s kind=%s images=%d wait=%s run=%s batch=%s model=%s%s",

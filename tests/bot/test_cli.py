@@ -24,7 +24,6 @@ from sdbot.store import Store
 from sdbot.types import ImageRow, JobKind, NewJob
 from tests.fakes.params import text2img
 
-
 # The checkout under test, not whichever copy of the package the interpreter has installed.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
