@@ -16,6 +16,7 @@ import discord
 
 from bot.admission import ModelInfo
 from bot.client import SDBot
+from bot.ops_server import OpsServerError
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
@@ -56,7 +57,7 @@ def run_bot(settings: Settings) -> int:
     except StoreUnavailable as error:
         print(f"sdbot: {error}; check SDBOT_DATABASE_PATH", file=sys.stderr)
         return 1
-    except (MigrationError, GenerationError) as error:  # a Ray worker may fail to start in build_bot
+    except (MigrationError, GenerationError, OpsServerError) as error:  # a Ray worker may fail in build_bot
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     except discord.LoginFailure:

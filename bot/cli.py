@@ -1,4 +1,5 @@
-"""The `sdbot` command: run the bot, migrate the database, generate locally, build tiny test models.
+"""The `sdbot` command: run the bot, migrate, prune and back up the database, generate locally, build
+tiny test models.
 
 The top of the tree: it may import every layer. Heavy modules (discord, torch) load only in the
 subcommands that need them."""
@@ -16,6 +17,7 @@ from pathlib import Path
 from generation import requests
 from generation.jobs.runners import Engine
 from generation.requests import RequestLimits
+from sdbot.logs import configure_logging
 from sdbot.settings import Settings, SettingsError, load_settings
 from sdbot.types import GenerationParams
 
@@ -46,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
+    prune = commands.add_parser(
+        "prune", help="delete image files of jobs that ended over SDBOT_KEEP_IMAGES_DAYS ago (records stay)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    prune.add_argument("--days", type=float, help="keep this many days instead of SDBOT_KEEP_IMAGES_DAYS")
+
+    backup = commands.add_parser("backup", help="write a consistent copy of the database (safe while the bot runs)")
+    backup.add_argument("path", type=Path, help="file to write")
+
     test_model = commands.add_parser(
         "make-test-model", help="write tiny random-weight models (for tests and offline smoke runs)"
     )
@@ -65,13 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     handlers = {
         "run": _run,
         "migrate": _migrate,
         "imagine": _imagine,
+        "prune": _prune,
+        "backup": _backup,
         "make-test-model": _make_test_model,
     }
     return handlers[args.command](settings, args)
@@ -109,6 +120,47 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     print(f"database {settings.database_path} is at schema version {version}")
+    return 0
+
+
+def _prune(settings: Settings, args: argparse.Namespace) -> int:
+    from generation.jobs.retention import prune_images
+    from sdbot.store import Store
+
+    days = args.days if args.days is not None else settings.keep_images_days
+    if days is None or days <= 0:
+        print("sdbot: SDBOT_KEEP_IMAGES_DAYS is not set (images are kept forever); set it or pass --days N",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    async def prune() -> str:
+        store = await Store.open(settings.database_path)
+        try:
+            report = await prune_images(store, days, dry_run=args.dry_run)
+        finally:
+            await store.close()
+        verb = "would delete" if args.dry_run else "deleted"
+        return (f"{verb} {report.files} image file(s), {report.bytes / 1e6:.1f} MB, of {report.jobs} job(s) "
+                f"that ended over {days:g} day(s) ago")
+
+    print(asyncio.run(prune()))
+    return 0
+
+
+def _backup(settings: Settings, args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from sdbot.store import backup_database
+
+    if not settings.database_path.is_file():
+        print(f"sdbot: there is no database at {settings.database_path} (SDBOT_DATABASE_PATH)", file=sys.stderr)
+        return 1
+    try:
+        backup_database(settings.database_path, args.path)
+    except (sqlite3.Error, OSError) as error:
+        print(f"sdbot: the backup to {args.path} failed: {error}", file=sys.stderr)
+        return 1
+    print(f"backed up {settings.database_path} to {args.path}")
     return 0
 
 

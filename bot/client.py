@@ -3,6 +3,7 @@ feature, syncs commands. Imports the bot modules below it, never `bot.app` or `b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -11,9 +12,13 @@ from discord.ext import commands
 from bot.admission import Admission, ModelInfo
 from bot.delivery import Delivery
 from bot.errors import CommandTree
+from bot.metrics import JobObserver, Metrics
+from bot.ops_server import HealthProbes, OpsServer
 from bot.views import JobButton
+from generation.jobs.retention import prune_forever
 from generation.jobs.runners import BatchRunner
 from generation.jobs.scheduler import JobScheduler
+from generation.jobs.worker import Listeners
 from sdbot.settings import Settings
 from sdbot.store import Store
 
@@ -63,14 +68,23 @@ class SDBot(commands.Bot):
         self.store = store
         self.model = model
         self._runners = runners
+        self.metrics = Metrics()
         # Created in setup_hook, once the loop runs.
         self.scheduler: JobScheduler
         self.delivery: Delivery
         self.admission: Admission
+        self._ops_server: OpsServer | None = None
+        self._pruning: asyncio.Task[None] | None = None
 
     async def setup_hook(self) -> None:
-        self.delivery = Delivery(self, self.store, progress_interval_s=self.settings.progress_interval_s)
-        self.scheduler = JobScheduler(self.settings, self.store, self._runners, self.delivery)
+        self.delivery = Delivery(
+            self, self.store, progress_interval_s=self.settings.progress_interval_s,
+            queue_update_interval_s=self.settings.queue_update_interval_s,
+            position=lambda job_id: self.scheduler.position(job_id),
+        )
+        listeners = Listeners(self.delivery, JobObserver(self.metrics))
+        self.scheduler = JobScheduler(self.settings, self.store, self._runners, listeners)
+        self.metrics.watch(lambda: self.scheduler.queue_length, lambda: self.latency)
         self.admission = Admission(
             settings=self.settings, store=self.store, scheduler=self.scheduler, delivery=self.delivery,
             model=self.model,
@@ -83,6 +97,21 @@ class SDBot(commands.Bot):
         # what the last run finished but did not get to post.
         await self.scheduler.start()
         await self.delivery.resume()
+        if self.settings.keep_images_days is not None:
+            self._pruning = asyncio.create_task(
+                prune_forever(self.store, self.settings.keep_images_days), name="sdbot-retention"
+            )
+        if self.settings.metrics_port:
+            self._ops_server = OpsServer(self.metrics, HealthProbes(
+                gateway_connected=self.gateway_connected,
+                workers=lambda: (self.scheduler.workers_up, self.scheduler.worker_count),
+                ping_database=self.store.ping,
+            ))
+            await self._ops_server.start(self.settings.metrics_host, self.settings.metrics_port)
+
+    def gateway_connected(self) -> bool:
+        # is_ready() stays true across reconnects; the socket says whether events flow now.
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
 
     async def _sync_commands(self) -> None:
         if self.settings.dev_guild_ids:
@@ -96,6 +125,10 @@ class SDBot(commands.Bot):
             log.info("slash commands synced globally (they may take a while to appear)")
 
     async def close(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+        if self._ops_server is not None:
+            await self._ops_server.stop()
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             await scheduler.stop()

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -37,11 +38,37 @@ ACK_TIMEOUT_S = 10.0
 RESUME_LOOKBACK = 50
 
 
+# (queued jobs served before it, seconds until done) of a queued job; None once it left the queue.
+PositionLookup = Callable[[int], tuple[int, float] | None]
+
+
+@dataclass
+class _QueuedReply:
+    """A "queued" reply kept current: the place it shows and when it was last edited."""
+
+    job: JobRow  # with its reply's message id
+    ahead: int
+    edited_at: float
+    task: asyncio.Task[None] | None = None
+
+
 class Delivery:
-    def __init__(self, client: discord.Client, store: Store, *, progress_interval_s: float) -> None:
+    def __init__(
+        self,
+        client: discord.Client,
+        store: Store,
+        *,
+        progress_interval_s: float,
+        queue_update_interval_s: float,
+        position: PositionLookup,
+    ) -> None:
         self._client = client
         self._store = store
         self._progress_interval_s = progress_interval_s
+        self._queue_update_interval_s = queue_update_interval_s
+        self._position = position
+        self._queued: dict[int, _QueuedReply] = {}  # job id -> its "queued" reply, while it waits
+        self._queue_edits: set[asyncio.Task[None]] = set()
         # Interaction tokens whose "queued" reply is still being written: events wait for it, so a
         # fast job's result is never overwritten by the older "queued" text.
         self._pending_replies: dict[str, asyncio.Event] = {}
@@ -100,10 +127,44 @@ class Delivery:
             log.warning("job %s: could not show its queue place (%s)", job.id, error)
             return
         self._reply_ids[job.id] = message.id
+        # Still queued (no await since the check): its reply follows the queue from now on.
+        if self._position(job.id) is not None:
+            shown = job.model_copy(update={"response_message_id": message.id})
+            self._queued[job.id] = _QueuedReply(shown, receipt.position, time.monotonic())
+            self._queue_moved()  # a newcomer can go ahead of others (fair shares)
         try:
             await self._store.set_reply_id(job.id, message.id)
         except sqlite3.Error as error:  # kept in memory: only a restart loses it (then: the channel)
             log.warning("job %s: could not store its reply's id (%s)", job.id, error)
+
+    # The live queue: every "queued" reply shows its current place, edited when it changes, at most
+    # once per SDBOT_QUEUE_UPDATE_INTERVAL_S per message (Discord rate-limits webhook edits).
+
+    def _queue_moved(self) -> None:
+        for reply in self._queued.values():
+            if reply.task is None or reply.task.done():
+                reply.task = asyncio.create_task(self._follow_queue(reply), name=f"queued-{reply.job.id}")
+                self._queue_edits.add(reply.task)
+                reply.task.add_done_callback(self._queue_edits.discard)
+
+    async def _follow_queue(self, reply: _QueuedReply) -> None:
+        """Edit the reply while its place differs from the one shown; ends once they agree."""
+        while True:
+            await asyncio.sleep(max(0.0, reply.edited_at + self._queue_update_interval_s - time.monotonic()))
+            place = self._position(reply.job.id)
+            if place is None or place[0] == reply.ahead or not _token_valid(reply.job):
+                return
+            reply.ahead, reply.edited_at = place[0], time.monotonic()
+            await self._edit_reply(reply.job, content=render.queued_text(reply.job, *place))
+
+    def _stop_following(self, job_id: int) -> asyncio.Task[None] | None:
+        """The job left the queue. Await the returned task before the reply's next edit, so an
+        older "queued" text never lands after it."""
+        reply = self._queued.pop(job_id, None)
+        if reply is None or reply.task is None:
+            return None
+        reply.task.cancel()
+        return reply.task
 
     async def _after_reply(self, job: JobRow) -> JobRow:
         """Wait until the job's first reply is written; the row then carries its message id."""
@@ -126,16 +187,21 @@ class Delivery:
         task.add_done_callback(self._deliveries.discard)
 
     async def drain(self, timeout_s: float) -> None:
-        """Let deliveries in flight finish before the bot disconnects."""
+        """Let deliveries in flight finish before the bot disconnects; queue edits are dropped."""
+        for task in list(self._queue_edits):
+            task.cancel()
         if self._deliveries:
             await asyncio.wait(self._deliveries, timeout=timeout_s)
 
     async def job_started(self, job: JobRow) -> None:
-        self._tracking[job.id] = asyncio.create_task(self._track(job), name=f"started-{job.id}")
+        queue_edit = self._stop_following(job.id)
+        self._tracking[job.id] = asyncio.create_task(self._track(job, queue_edit), name=f"started-{job.id}")
+        self._queue_moved()
 
-    async def _track(self, job: JobRow) -> None:
+    async def _track(self, job: JobRow, queue_edit: asyncio.Task[None] | None) -> None:
         """Progress edits start once the reply exists (the job's end cancels this wait)."""
         try:
+            await _settled(queue_edit)
             self._running[job.id] = await self._after_reply(job)
         finally:
             self._tracking.pop(job.id, None)
@@ -156,6 +222,7 @@ class Delivery:
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         self._spawn(self._deliver(job, images, output), name=f"deliver-{job.id}")
+        self._queue_moved()  # a job cancelled while queued leaves a gap
 
     async def _deliver(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         tracking = self._tracking.pop(job.id, None)
@@ -166,6 +233,7 @@ class Delivery:
         progress = self._progress_tasks.pop(job.id, None)
         if progress is not None:
             progress.cancel()
+        await _settled(self._stop_following(job.id))
         job = await self._after_reply(job)
         try:
             if job.status == JobStatus.DONE:
@@ -273,6 +341,11 @@ class Delivery:
                 raise
             log.debug("job %s: progress edit failed: %s", job.id, error)
             return None
+
+
+async def _settled(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _token_valid(job: JobRow) -> bool:

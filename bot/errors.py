@@ -7,6 +7,7 @@ import logging
 import discord
 from discord import app_commands
 
+from bot.metrics import Metrics
 from generation.errors import GenerationError
 from sdbot.store import QuotaExceeded
 
@@ -43,6 +44,8 @@ def explain(error: BaseException) -> str | None:
 
 async def reply_with_error(interaction: discord.Interaction, error: BaseException) -> None:
     """Answer an interaction with the explanation of `error`, whether or not it was answered."""
+    if isinstance(metrics := getattr(interaction.client, "metrics", None), Metrics):
+        metrics.command_errors.labels(command=_command_name(interaction)).inc()
     message = explain(error)
     if message is None:
         log.error("unexpected error in %s", _describe(interaction), exc_info=error)
@@ -54,6 +57,11 @@ async def reply_with_error(interaction: discord.Interaction, error: BaseExceptio
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException:
         log.warning("could not tell %s about an error: %s", _describe(interaction), message)
+
+
+def _command_name(interaction: discord.Interaction) -> str:
+    """A bounded metric label: the command, or "button" (custom ids carry job ids)."""
+    return interaction.command.qualified_name if interaction.command else "button"
 
 
 def _describe(interaction: discord.Interaction) -> str:

@@ -123,6 +123,15 @@ def record_embed(job: JobRow, images: list[ImageRow]) -> discord.Embed:
         )
     if job.source_job_id is not None:
         embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
+    pruned = [image for image in images if image.pruned_at is not None]
+    if pruned:
+        numbers = ", ".join(str(image.idx + 1) for image in pruned)
+        embed.add_field(
+            name="Files pruned",
+            value=f"The file of image {numbers} was deleted <t:{int(pruned[0].pruned_at or 0)}:R> (retention); "
+            "the U and V buttons make it again from its seed.",
+            inline=False,
+        )
     if images:
         embed.set_footer(
             text=f"/reroll job:{job.id} seed:{images[0].seed} reproduces image 1"

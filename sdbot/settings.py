@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # Storage
     database_path: Path = Path("data/sdbot.sqlite3")
     output_dir: Path = Path("data/images")
+    keep_images_days: float | None = Field(None, gt=0)
 
     # Generation defaults and limits
     default_steps: int = Field(4, ge=1)
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     max_batch: int = Field(4, ge=1)
     job_timeout_s: float = Field(600.0, gt=0)
     progress_interval_s: float = Field(1.5, ge=0.0)
+    queue_update_interval_s: float = Field(5.0, ge=0.0)
 
     # Quotas
     default_daily_quota: int = Field(50, ge=0)
@@ -68,7 +70,11 @@ class Settings(BaseSettings):
     ray_cpus_per_worker: int = Field(1, ge=1)
     ray_start_timeout_s: float = Field(120.0, gt=0)
 
+    # Operations
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator(*LIST_SETTINGS, mode="before")
     @classmethod

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,10 @@ class Store:
 
     async def schema_version(self) -> int:
         return await schema_version(self._db)
+
+    async def ping(self) -> None:
+        """Raises unless the database answers a query (for /healthz)."""
+        await self._fetchone("SELECT 1")
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -298,16 +302,30 @@ class Store:
 
     async def images(self, job_id: int) -> list[ImageRow]:
         rows = await self._fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [
-            ImageRow(**{**dict(row), "flagged": bool(row["flagged"]), "record": json.loads(row["record"])})
-            for row in rows
-        ]
+        return [_image(row) for row in rows]
 
     async def set_image_path(self, job_id: int, idx: int, path: str) -> None:
-        """A regenerated file replaces a missing one."""
+        """A regenerated file replaces a missing (or pruned) one."""
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE images SET path = ? WHERE job_id = ? AND idx = ?", (path, job_id, idx)
+                "UPDATE images SET path = ?, pruned_at = NULL WHERE job_id = ? AND idx = ?", (path, job_id, idx)
+            )
+
+    async def images_to_prune(self, ended_before: float) -> list[ImageRow]:
+        """Images with a file on disk whose job ended before `ended_before`."""
+        rows = await self._fetchall(
+            """SELECT images.* FROM images JOIN jobs ON jobs.id = images.job_id
+               WHERE jobs.finished_at < ? AND images.path IS NOT NULL AND images.pruned_at IS NULL
+               ORDER BY images.job_id, images.idx""",
+            (ended_before,),
+        )
+        return [_image(row) for row in rows]
+
+    async def mark_pruned(self, images: Sequence[ImageRow], *, now: float | None = None) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE images SET pruned_at = ? WHERE job_id = ? AND idx = ?",
+                [(now or time.time(), image.job_id, image.idx) for image in images],
             )
 
     # Quotas
@@ -474,6 +492,22 @@ class Store:
 def _why(error: OSError | sqlite3.Error) -> str:
     """The operating system's words (`No such file or directory`) rather than Python's."""
     return (error.strerror if isinstance(error, OSError) else None) or str(error)
+
+
+def backup_database(source: Path, target: Path) -> None:
+    """Copy the database to `target` with SQLite's backup API: a consistent snapshot even while the
+    bot writes to it. Blocking; written under a temporary name first, so `target` is never partial."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    partial.unlink(missing_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(partial)) as dst:
+        src.execute("PRAGMA busy_timeout = 5000")
+        src.backup(dst)
+    partial.replace(target)
+
+
+def _image(row: aiosqlite.Row) -> ImageRow:
+    return ImageRow(**{**dict(row), "flagged": bool(row["flagged"]), "record": json.loads(row["record"])})
 
 
 def _job(row: aiosqlite.Row) -> JobRow:

@@ -114,6 +114,7 @@ class JobOutput(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     # Wall time of the batch this job ran in, split by the batch size (for ETA and cost correction).
     elapsed_s: float = 0.0
+    batch_size: int = 1  # jobs in the engine call that made it (set by the worker)
 
 
 class NewJob(BaseModel):
@@ -198,3 +199,4 @@ class ImageRow(BaseModel):
     flagged: bool
     nsfw_score: float | None
     record: dict[str, Any]
+    pruned_at: float | None = None  # retention deleted its file then (it is made again on demand)

@@ -48,3 +48,10 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def gpu_memory_bytes() -> int:
+    """CUDA memory this process holds in tensors, over all devices; 0 before CUDA is used."""
+    if not torch.cuda.is_initialized():
+        return 0
+    return sum(torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count()))

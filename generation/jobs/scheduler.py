@@ -119,6 +119,10 @@ class JobScheduler:
     def workers_up(self) -> int:
         return sum(worker.is_up for worker in self._workers)
 
+    @property
+    def worker_count(self) -> int:
+        return len(self._workers)
+
     async def set_weight(self, flow: Flow, weight: float, *, moderator_id: int) -> None:
         """Change a member's share of the queue, kept in the store (audited) across restarts."""
         guild_id, user_id = flow

@@ -56,6 +56,32 @@ async def tell_finished(
         log.exception("job %s: listener failed on job_finished", job.id)
 
 
+class Listeners:
+    """Several listeners heard as one, in order: the bot's replies and its metrics. One failing
+    does not keep an event from the others."""
+
+    def __init__(self, *listeners: JobListener) -> None:
+        self._listeners = listeners
+
+    async def job_started(self, job: JobRow) -> None:
+        for listener in self._listeners:
+            try:
+                await listener.job_started(job)
+            except Exception:
+                log.exception("job %s: listener failed on job_started", job.id)
+
+    def job_progress(self, job_id: int, step: int, total: int) -> None:
+        for listener in self._listeners:
+            try:
+                listener.job_progress(job_id, step, total)
+            except Exception:
+                log.exception("job %s: listener failed on job_progress", job_id)
+
+    async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
+        for listener in self._listeners:
+            await tell_finished(listener, job, images, output)
+
+
 class SourceUnavailable(GenerationError):
     """A variation or upscale whose source picture is gone and cannot be made again."""
 
@@ -246,7 +272,8 @@ class Worker:
         except Exception as error:
             return await self._isolate(live, error)
         self._queue.complete(ids, time.monotonic() - started)
-        return dict(zip(ids, outputs, strict=True))
+        sized = [output.model_copy(update={"batch_size": len(live)}) for output in outputs]
+        return dict(zip(ids, sized, strict=True))
 
     async def _isolate(self, live: list[_Task], error: Exception) -> dict[int, _Result]:
         """A batch failed: run its jobs one by one so only the bad one fails."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -14,22 +16,30 @@ from bot.cli import _imagine_params, imagine_to_files
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths
+from generation.jobs.image_files import write_file
+from generation.jobs.retention import DAY_S
 from generation.requests import RequestLimits
 from sdbot.migrate import bundled_migrations_dir
+from sdbot.store import Store
+from sdbot.types import ImageRow, JobKind, NewJob
+from tests.fakes.params import text2img
+
+# The checkout under test, not whichever copy of the package the interpreter has installed.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sdbot(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDBOT_")}
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, timeout=120,
-        env=clean | {"HF_HUB_OFFLINE": "1"} | (env or {}), cwd=cwd,
+        env=clean | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)} | (env or {}), cwd=cwd,
     )
 
 
 def test_help_lists_the_subcommands(tmp_path: Path) -> None:
     result = sdbot("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "migrate", "imagine", "make-test-model"):
+    for command in ("run", "migrate", "imagine", "prune", "backup", "make-test-model"):
         assert command in result.stdout
 
 
@@ -134,3 +144,38 @@ def test_run_opens_the_database_before_loading_models(tmp_path: Path) -> None:
         "sdbot: cannot open the database file /proc/nope/db.sqlite3: No such file or directory; "
         "check SDBOT_DATABASE_PATH"
     )
+
+
+async def test_prune_and_backup_on_the_command_line(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "data" / "sdbot.sqlite3")
+    files = []
+    for age_days in (40, 1):  # one job over the 30 days kept, one within them
+        ended = time.time() - age_days * DAY_S
+        job = await store.create_job(
+            NewJob(kind=JobKind.IMAGINE, guild_id=1, channel_id=2, user_id=3, params=text2img(), model_id="m"),
+            now=ended,
+        )
+        path = tmp_path / "data" / "images" / f"{job.id}.png"
+        write_file(path, b"png bytes")
+        files.append(path)
+        await store.finish_job(job.id, [ImageRow(job_id=job.id, idx=0, seed=1, width=64, height=64, path=str(path),
+                                                 format="png", flagged=False, nsfw_score=None, record={})], now=ended)
+    await store.close()
+    keep = {"SDBOT_KEEP_IMAGES_DAYS": "30"}
+
+    unset = sdbot("prune", cwd=tmp_path)
+    assert unset.returncode == 2 and "SDBOT_KEEP_IMAGES_DAYS" in unset.stderr
+    dry = sdbot("prune", "--dry-run", env=keep, cwd=tmp_path)
+    assert dry.returncode == 0 and "would delete 1 image file(s)" in dry.stdout
+    assert all(path.exists() for path in files)
+    pruned = sdbot("prune", env=keep, cwd=tmp_path)
+    assert pruned.returncode == 0 and "deleted 1 image file(s)" in pruned.stdout
+    assert [path.exists() for path in files] == [False, True]
+
+    backup = sdbot("backup", "backups/copy.sqlite3", cwd=tmp_path)
+    assert backup.returncode == 0, backup.stderr
+    with sqlite3.connect(tmp_path / "backups" / "copy.sqlite3") as copy:
+        assert copy.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone() == (2,)
+        assert copy.execute("SELECT count(*) FROM images WHERE pruned_at IS NOT NULL").fetchone() == (1,)
+    missing = sdbot("backup", "x.sqlite3", env={"SDBOT_DATABASE_PATH": "nowhere.sqlite3"}, cwd=tmp_path)
+    assert missing.returncode == 1 and "no database" in missing.stderr

@@ -178,3 +178,23 @@ async def test_a_failed_job_is_reported_with_its_id_and_refunded(
     assert (await harness.store.quota(fake.guild.id, fake.member.id)).used == 0  # type: ignore[union-attr]
     fine = await fake.slash(fake.member, "imagine", prompt="a calm lake", count=1)
     assert len((await fine.wait_original(lambda m: bool(m.attachments), timeout=30)).attachments) == 1
+
+
+async def test_queued_replies_count_down_as_the_queue_moves(
+    harness: BotHarness, tiny_engine: DiffusionEngine
+) -> None:
+    harness.settings = harness.settings.model_copy(update={"queue_update_interval_s": 0.2})
+    await harness.restart(SlowedEngine(tiny_engine, step_s=0.25))
+    fake = harness.fake
+    members = [fake.member, *(fake.add_member(name) for name in ("ann", "bob", "cy"))]
+    handles = [await fake.slash(member, "imagine", prompt=f"{member.user.username}'s turn", count=4, steps=4)
+               for member in members]
+    await handles[-1].wait_original(lambda m: "is queued" in m.content, timeout=10)
+    status = await fake.slash(members[-1], "queue")  # the same numbers as the reply
+    await status.wait_response()
+    last = await handles[-1].wait_original(lambda m: bool(m.attachments), timeout=60)
+    queued = [edit["content"] for edit in last.history if "is queued" in edit.get("content", "")]
+    places = [text.split(": ", 1)[1].split(",")[0] for text in queued]
+    assert places == ["position 3 in the queue", "position 2 in the queue", "next in line"]
+    assert all("ready in about" in text for text in queued)
+    assert any(place + ", done in about" in status.content for place in places[:2])
