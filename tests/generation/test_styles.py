@@ -9,7 +9,7 @@ import pytest
 from generation.prompt_syntax import parse_weights
 from generation.styles import Style, StyleFileError, apply_styles, load_styles, match_styles
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "styles.example.csv"
+EXAMPLE = Path(__file__).resolve().parents[2] / "styles.example.csv"
 
 
 def write(tmp_path: Path, text: str) -> Path:
