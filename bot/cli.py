@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -34,15 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="connect to Discord and serve /imagine (needs SDBOT_DISCORD_TOKEN)")
     commands.add_parser("migrate", help="apply pending database migrations and print the schema version")
 
-    imagine = commands.add_parser("imagine", help="generate images locally, without Discord")
-    imagine.add_argument("prompt")
+    imagine = commands.add_parser(
+        "imagine", help="generate images locally, without Discord (the prompt language of /imagine)"
+    )
+    imagine.add_argument("prompt", help="the prompt; A1111 weights, --ar 16:9, --no, --tile, {a, b} work as in /imagine")
     imagine.add_argument("--negative", default="", help="negative prompt")
     imagine.add_argument("--seed", type=int, help="seed of the first image (default: random)")
     imagine.add_argument("--steps", type=int, help="denoising steps (default: SDBOT_DEFAULT_STEPS)")
     imagine.add_argument("--guidance", type=float, help="CFG scale (default: SDBOT_DEFAULT_GUIDANCE)")
     imagine.add_argument("--width", type=int, help="width in pixels (default: the model's native size)")
     imagine.add_argument("--height", type=int, help="height in pixels (default: the model's native size)")
-    imagine.add_argument("--count", type=int, default=1, help="number of images (default 1)")
+    imagine.add_argument("--count", type=int, default=1, help="number of images per job (default 1)")
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
@@ -116,11 +118,13 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"model_id": args.model})
     limits = RequestLimits.from_settings(settings)
     try:
-        # Every argument is checked before the model loads (seconds to minutes); the size again
-        # after, once the model's native size is known.
-        _imagine_batches(args, limits, args.width or limits.min_size, args.height or limits.min_size)
+        # Every argument is checked before the model loads (seconds to minutes); again after, with
+        # the model's native size and its token count.
+        _imagine_batches(args, limits, limits.min_size)
         engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
-        batches = _imagine_batches(args, limits, args.width or engine.native_size, args.height or engine.native_size)
+        batches, notes = _imagine_batches(args, limits, engine.native_size, engine.token_counter())
+        for note in notes:
+            log.warning("%s", note)
         written = imagine_to_files(engine, batches, args.out)
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
@@ -130,18 +134,25 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _imagine_batches(args: argparse.Namespace, limits: RequestLimits, width: int, height: int) -> list[GenerationParams]:
-    """`--count` images as validated batches of at most SDBOT_MAX_COUNT, seeds consecutive from `--seed`."""
-    all_seeds = requests.seeds(args.count, args.seed)
+def _imagine_batches(
+    args: argparse.Namespace, limits: RequestLimits, native_size: int,
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[list[GenerationParams], tuple[str, ...]]:
+    """Each job of the prompt (one per {a, b} choice and --repeat), `--count` images each, as
+    validated batches of at most SDBOT_MAX_COUNT with seeds consecutive from `--seed`; and the
+    notes on options that won over flags typed in the prompt."""
+    size = (args.width or native_size, args.height or native_size) if args.width or args.height else None
+    imagined = requests.imagine(
+        limits, prompt=args.prompt, native_size=native_size, negative=args.negative, seed=args.seed,
+        count=args.count, steps=args.steps, guidance=args.guidance, size=size,
+    )
     batches = []
-    for start in range(0, len(all_seeds), limits.max_count):
-        params = requests.imagine(
-            limits, prompt=args.prompt, negative=args.negative, steps=args.steps, guidance=args.guidance,
-            width=width, height=height,
-        ).model_copy(update={"seeds": all_seeds[start : start + limits.max_count]})
-        requests.validate(params, limits)
-        batches.append(params)
-    return batches
+    for job in imagined.jobs:
+        for start in range(0, len(job.seeds), limits.max_count):
+            params = job.model_copy(update={"seeds": job.seeds[start : start + limits.max_count]})
+            requests.validate(params, limits, count_tokens)
+            batches.append(params)
+    return batches, imagined.notes
 
 
 def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_dir: Path) -> list[tuple[Path, int]]:

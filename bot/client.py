@@ -4,6 +4,7 @@ feature, syncs commands. Imports the bot modules below it, never `bot.app` or `b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import discord
 from discord.ext import commands
@@ -14,6 +15,7 @@ from bot.errors import CommandTree
 from bot.views import JobButton
 from generation.jobs.runners import BatchRunner
 from generation.jobs.scheduler import JobScheduler
+from generation.styles import Style
 from sdbot.settings import Settings
 from sdbot.store import Store
 
@@ -48,6 +50,7 @@ class SDBot(commands.Bot):
         store: Store,
         runners: list[BatchRunner],
         model: ModelInfo,
+        styles: Mapping[str, Style],
         **options: object,
     ) -> None:
         intents = discord.Intents.none()
@@ -62,6 +65,7 @@ class SDBot(commands.Bot):
         self.settings = settings
         self.store = store
         self.model = model
+        self.styles = styles
         self._runners = runners
         # Created in setup_hook, once the loop runs.
         self.scheduler: JobScheduler
@@ -73,7 +77,7 @@ class SDBot(commands.Bot):
         self.scheduler = JobScheduler(self.settings, self.store, self._runners, self.delivery)
         self.admission = Admission(
             settings=self.settings, store=self.store, scheduler=self.scheduler, delivery=self.delivery,
-            model=self.model,
+            model=self.model, styles=self.styles,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)

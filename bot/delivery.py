@@ -13,7 +13,7 @@ import io
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import discord
@@ -53,37 +53,61 @@ class Delivery:
     # Acknowledgement
 
     async def accept(
-        self, interaction: discord.Interaction, queue: Callable[[], Awaitable[SubmitReceipt]]
-    ) -> JobRow | None:
-        """Acknowledge publicly, queue the job with `queue()` and show its place in line.
+        self,
+        interaction: discord.Interaction,
+        queues: Sequence[Callable[[], Awaitable[SubmitReceipt]]],
+        notes: Sequence[str] = (),
+    ) -> list[JobRow]:
+        """Acknowledge publicly, queue each job with its `queue()` and show its place in line: the
+        first job in the deferred reply (with `notes`), the others (a prompt's {a, b} choices and
+        repeats) in follow-up messages that they then edit like the first.
 
         Every way out resolves the public "thinking..." reply: a refusal found only now (the queue
-        filled meanwhile) removes it and answers privately; any other failure is written into it."""
+        filled meanwhile) removes it and answers privately; any other failure is written into it.
+        A later job that cannot be queued any more is reported privately; the others go on."""
         await interaction.response.defer(thinking=True)
         token = interaction.token
         self._pending_replies[token] = asyncio.Event()
+        accepted: list[JobRow] = []
         try:
-            try:
-                receipt = await queue()
-            except (QueueRefused, QuotaExceeded) as error:
-                await interaction.delete_original_response()
-                await interaction.followup.send(explain(error) or str(error), ephemeral=True)
-                return None
-            except Exception as error:  # noqa: BLE001 - whatever it was, the reply must not hang
-                log.exception("could not queue a job for interaction %s", interaction.id)
-                await interaction.edit_original_response(content=render.not_queued_text(_what_failed(error)))
-                return None
-            await self._show_queued(interaction, receipt)
-            return receipt.job
+            for queue in queues:
+                try:
+                    receipt = await queue()
+                except (QueueRefused, QuotaExceeded) as error:
+                    refusal = explain(error) or str(error)
+                    if not accepted:
+                        await interaction.delete_original_response()
+                    else:
+                        refusal = f"Only {len(accepted)} of the {len(queues)} jobs were queued: {refusal}"
+                    await interaction.followup.send(refusal, ephemeral=True)
+                    return accepted
+                except Exception as error:  # noqa: BLE001 - whatever it was, the reply must not hang
+                    log.exception("could not queue a job for interaction %s", interaction.id)
+                    text = render.not_queued_text(_what_failed(error))
+                    if not accepted:
+                        await interaction.edit_original_response(content=text)
+                    else:
+                        await interaction.followup.send(text, ephemeral=True)
+                    return accepted
+                await self._show_queued(interaction, receipt, notes if not accepted else (), first=not accepted)
+                accepted.append(receipt.job)
+            return accepted
         finally:
             self._pending_replies.pop(token).set()
 
-    async def _show_queued(self, interaction: discord.Interaction, receipt: SubmitReceipt) -> None:
+    async def _show_queued(
+        self, interaction: discord.Interaction, receipt: SubmitReceipt, notes: Sequence[str], *, first: bool
+    ) -> None:
         job = receipt.job
+        content = render.queued_text(job, receipt.position, receipt.eta_s)
+        content += "".join(f"\n-# {render.clip(note, 300)}" for note in notes)
         try:
-            message = await interaction.edit_original_response(
-                content=render.queued_text(job, receipt.position, receipt.eta_s), view=queued_view(job.id)
-            )
+            if first:
+                message: discord.Message = await interaction.edit_original_response(
+                    content=content, view=queued_view(job.id)
+                )
+            else:
+                message = await interaction.followup.send(content, view=queued_view(job.id), wait=True)
         except discord.HTTPException as error:
             # The job is queued and charged: its result will be posted to the channel instead.
             log.warning("job %s: could not show its queue place (%s)", job.id, error)

@@ -88,9 +88,12 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
 def test_imagine_to_files_writes_pngs_with_consecutive_seeds(
     tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths, tmp_path: Path
 ) -> None:
-    args = argparse.Namespace(prompt="a tiny robot", negative="", seed=4294967295, count=2, steps=2, guidance=None)
+    args = argparse.Namespace(
+        prompt="a tiny robot", negative="", seed=4294967295, count=2, steps=2, guidance=None, width=None, height=None
+    )
     limits = RequestLimits.from_settings(tiny_models.settings())
-    files = imagine_to_files(tiny_engine, _imagine_batches(args, limits, 64, 64), tmp_path / "out")
+    batches, _ = _imagine_batches(args, limits, 64, tiny_engine.token_counter())
+    files = imagine_to_files(tiny_engine, batches, tmp_path / "out")
     assert [seed for _, seed in files] == [4294967295, 0]  # wraps around the seed range
     for path, seed in files:
         parameters = parse_parameters(Image.open(path).text["parameters"])
