@@ -44,6 +44,9 @@ class Delivery:
         # fast job's result is never overwritten by the older "queued" text.
         self._pending_replies: dict[str, asyncio.Event] = {}
         self._reply_ids: dict[int, int] = {}  # job id -> its reply's message id, once written
+        # Notes on how a request was read (an option won over a flag in the prompt), shown with the
+        # queued text and again with the result; kept in memory only, so a restart drops them.
+        self._notes: dict[int, Sequence[str]] = {}
         self._tracking: dict[int, asyncio.Task[None]] = {}  # started jobs waiting for their reply
         self._running: dict[int, JobRow] = {}
         self._last_progress_edit: dict[int, float] = {}
@@ -99,8 +102,9 @@ class Delivery:
         self, interaction: discord.Interaction, receipt: SubmitReceipt, notes: Sequence[str], *, first: bool
     ) -> None:
         job = receipt.job
-        content = render.queued_text(job, receipt.position, receipt.eta_s)
-        content += "".join(f"\n-# {render.clip(note, 300)}" for note in notes)
+        if notes:
+            self._notes[job.id] = notes
+        content = render.queued_text(job, receipt.position, receipt.eta_s) + _small_print(notes)
         try:
             if first:
                 message: discord.Message = await interaction.edit_original_response(
@@ -189,6 +193,7 @@ class Delivery:
             log.exception("job %s: could not deliver its result", job.id)
         finally:
             self._reply_ids.pop(job.id, None)
+            self._notes.pop(job.id, None)
 
     async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         posted, withheld, files = [], [], []
@@ -204,9 +209,8 @@ class Delivery:
             posted.append(image)
             filename = f"sdbot-{job.id}-{image.idx + 1}-{image.seed}.{image.format or 'png'}"
             files.append(discord.File(io.BytesIO(data), filename=filename, spoiler=image.flagged))
-        content = f"<@{job.user_id}>"
-        if output is not None and output.warnings:
-            content += "\n" + "\n".join(f"-# {render.clip(warning, 300)}" for warning in output.warnings)
+        warnings = output.warnings if output is not None else []
+        content = f"<@{job.user_id}>" + _small_print([*self._notes.get(job.id, ()), *warnings])
         await self._post(
             job,
             content=render.clip(content, 2000),
@@ -257,6 +261,10 @@ class Delivery:
                 raise
             log.debug("job %s: progress edit failed: %s", job.id, error)
             return None
+
+
+def _small_print(lines: Sequence[str]) -> str:
+    return "".join(f"\n-# {render.clip(line, 300)}" for line in lines)
 
 
 def _token_valid(job: JobRow) -> bool:
