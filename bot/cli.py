@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from generation import requests
 from generation.jobs.runners import Engine
@@ -48,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
+    parse = commands.add_parser(
+        "parse-prompt", help="show how the bot reads a prompt: flags, {a, b} prompts, weights, token chunks"
+    )
+    parse.add_argument("prompt")
+    parse.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     test_model = commands.add_parser(
         "make-test-model", help="write tiny random-weight models (for tests and offline smoke runs)"
     )
@@ -69,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "migrate": _migrate,
         "imagine": _imagine,
+        "parse-prompt": _parse_prompt,
         "make-test-model": _make_test_model,
     }
     return handlers[args.command](settings, args)
@@ -173,6 +182,54 @@ def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_di
             path.write_bytes(image.data)
             written.append((path, image.seed))
     return written
+
+
+def _parse_prompt(settings: Settings, args: argparse.Namespace) -> int:
+    """Token chunks need the model's tokenizer: read from SDBOT_MODEL_ID when it is on this machine
+    (a folder or the Hugging Face cache), never downloaded; without it they are left out."""
+    from generation.engine.prompt_embeds import load_tokenizer, read_prompt
+    from generation.prompt_syntax import PromptSyntaxError
+
+    tokenizer = load_tokenizer(settings.model_id, settings.model_revision)
+    try:
+        reading = prompt_reading(args.prompt, RequestLimits.from_settings(settings).max_expansion,
+                                 (lambda text: read_prompt(tokenizer, text)) if tokenizer else None)
+    except PromptSyntaxError as error:
+        print(f"sdbot: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reading, ensure_ascii=False))
+        return 0
+    for name, value in reading["flags"].items():
+        print(f"--{name} {value}".rstrip())
+    for prompt in reading["prompts"]:
+        print(f"\n{prompt['text']}")
+        print("  fragments: " + json.dumps(prompt["fragments"], ensure_ascii=False))
+        if prompt["chunks"] is None:
+            print(f"  (token chunks need the tokenizer of {settings.model_id}, which is not on this machine)")
+        else:
+            print(f"  chunks: {prompt['chunks']} tokens; A1111 count {prompt['tokens']}")
+    return 0
+
+
+def prompt_reading(text: str, cap: int, read: Callable[[str], Any] | None) -> dict[str, Any]:
+    """How the bot reads `text`: the inline flags as typed, then each {a, b} prompt with its weighted
+    fragments (weights rounded to 4 places, BREAK as weight -1) and, given the tokenizer's `read`
+    (a PromptReading), the real tokens per chunk and A1111's count. Raises PromptSyntaxError."""
+    from generation.prompt_syntax import expand_permutations, parse_inline_parameters, parse_weights
+
+    remaining, inline = parse_inline_parameters(requests.normalise_text(text))
+    prompts = []
+    for prompt in expand_permutations(remaining, cap):
+        fragments = [[piece, round(weight, 4)] for piece, weight in parse_weights(prompt)]
+        reading = read(prompt) if read else None
+        prompts.append({
+            "text": prompt,
+            "fragments": fragments,
+            "chunks": reading.chunk_tokens if reading else None,
+            "tokens": reading.length if reading else None,
+        })
+    return {"flags": inline.found, "prompts": prompts}
 
 
 def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:

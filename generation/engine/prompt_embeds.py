@@ -53,6 +53,17 @@ class PromptReading:
     chunks: list[TokenChunk]
 
 
+def load_tokenizer(model_id: str, revision: str | None = None) -> Any | None:
+    """The tokenizer of a diffusers model folder or of a model already in the local Hugging Face
+    cache, without downloading anything; None when it is not here."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", revision=revision, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def _comma_token(tokenizer: Any) -> int | None:
     ids = tokenizer(",", add_special_tokens=False).input_ids
     return ids[0] if len(ids) == 1 else None

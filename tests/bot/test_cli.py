@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,23 @@ def test_imagine_refuses_bad_arguments_before_loading_the_model(tmp_path: Path) 
     result = sdbot("imagine", "x", "--steps", "999", env={"SDBOT_MODEL_ID": str(tmp_path / "nope")}, cwd=tmp_path)
     assert result.returncode == 1
     assert "steps must be between 1 and 50" in result.stderr and "SDBOT_MODEL_ID" not in result.stderr
+
+
+def test_parse_prompt_shows_flags_weights_and_token_chunks(tmp_path: Path, tiny_models: TinyModelPaths) -> None:
+    env = {"SDBOT_MODEL_ID": str(tiny_models.pipeline)}
+    result = sdbot("parse-prompt", "an (important) word, {red, green} --ar 16:9 --tile", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert reading["flags"] == {"ar": "16:9", "tile": ""}
+    first, second = reading["prompts"]
+    # A1111's documented reading of this example, then the permutation's text at weight 1.
+    assert first["fragments"] == [["an ", 1.0], ["important", 1.1], [" word, red", 1.0]]
+    assert second["text"] == "an (important) word, green"
+    assert first["chunks"] == [len("animportantword,red")] == [first["tokens"]]  # tiny tokenizer: a token per letter
+
+    text = sdbot("parse-prompt", "a BREAK b", env={"SDBOT_MODEL_ID": str(tmp_path / "absent")}, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert '[["a", 1.0], ["BREAK", -1.0], ["b", 1.0]]' in text.stdout and "not on this machine" in text.stdout
+
+    refused = sdbot("parse-prompt", "a [cat:dog:0.5]", env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "prompt editing" in refused.stderr
