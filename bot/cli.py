@@ -216,7 +216,11 @@ def prompt_reading(text: str, cap: int, read: Callable[[str], Any] | None) -> di
     """How the bot reads `text`: the inline flags as typed, then each {a, b} prompt with its weighted
     fragments (weights rounded to 4 places, BREAK as weight -1) and, given the tokenizer's `read`
     (a PromptReading), the real tokens per chunk and A1111's count. Raises PromptSyntaxError."""
-    from generation.prompt_syntax import expand_permutations, parse_inline_parameters, parse_weights
+    from generation.prompt_syntax import (
+        expand_permutations,
+        parse_inline_parameters,
+        parse_weights,
+    )
 
     remaining, inline = parse_inline_parameters(requests.normalise_text(text))
     prompts = []

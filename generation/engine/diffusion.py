@@ -311,14 +311,16 @@ class DiffusionEngine:
         extra = {"tile": True} if params.tile else {}
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
 
-    def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A1111 weights and long prompts, one embedding per image. Requests are checked before
-        they are queued; this refuses what a caller without a token counter let through."""
+    def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A1111 weights and long prompts, one embedding per image; negatives only where the
+        pipeline reads them (guidance above 1). Requests are checked before they are queued; this
+        refuses what a caller without a token counter let through."""
+        guided = jobs[0].params.guidance > 1.0  # the whole batch shares its guidance
         try:
             return encode_batch(
                 pipe,
                 _per_image(jobs, lambda job: job.params.prompt),
-                _per_image(jobs, lambda job: job.params.negative_prompt),
+                _per_image(jobs, lambda job: job.params.negative_prompt) if guided else None,
                 max_tokens=self.config.max_prompt_tokens,
             )
         except (PromptSyntaxError, PromptTooLong) as error:

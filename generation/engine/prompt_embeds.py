@@ -102,21 +102,24 @@ def count_tokens(tokenizer: Any, text: str) -> int:
 def encode_batch(
     pipe: Any,
     prompts: Sequence[str],
-    negatives: Sequence[str],
+    negatives: Sequence[str] | None,
     *,
     normalize: bool = True,
     max_tokens: int = DEFAULT_MAX_TOKENS,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Embeddings for one image per entry: `(prompt_embeds, negative_prompt_embeds)`, each of shape
     (len(prompts), 77 * k, hidden) on the pipeline's device in the encoder's dtype, where k is the
     most chunks any prompt or negative needs; shorter ones are padded with encoded empty chunks.
-    Pass them to the pipeline as `prompt_embeds=` and `negative_prompt_embeds=`. Raises
-    PromptSyntaxError for refused syntax and PromptTooLong above `max_tokens`."""
-    if len(prompts) != len(negatives):
+    Pass them to the pipeline as `prompt_embeds=` and `negative_prompt_embeds=`. `negatives=None`
+    (guidance of 1 or less, where the pipeline reads no negative) encodes none and returns None
+    for them. Raises PromptSyntaxError for refused syntax and PromptTooLong above `max_tokens`."""
+    if negatives is not None and len(prompts) != len(negatives):
         raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
     tokenizer = pipe.tokenizer
     readings = [_checked(read_prompt(tokenizer, text), "prompt", max_tokens) for text in prompts]
-    negative_readings = [_checked(read_prompt(tokenizer, text), "negative prompt", max_tokens) for text in negatives]
+    negative_readings = [
+        _checked(read_prompt(tokenizer, text), "negative prompt", max_tokens) for text in negatives or ()
+    ]
     count = max(len(reading.chunks) for reading in readings + negative_readings)
     # Both properties walk every module of the pipeline, so they are read once, not per chunk.
     device = pipe._execution_device
@@ -124,7 +127,7 @@ def encode_batch(
     with torch.inference_mode():
         return (
             _encode(pipe, readings, count, normalize, device, dtype),
-            _encode(pipe, negative_readings, count, normalize, device, dtype),
+            _encode(pipe, negative_readings, count, normalize, device, dtype) if negatives is not None else None,
         )
 
 
