@@ -18,7 +18,6 @@ import secrets
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
-from typing import TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
@@ -26,7 +25,6 @@ from pydantic import BaseModel, ConfigDict
 from generation.errors import InvalidRequest
 from generation.prompt_check import check_prompt
 from generation.prompt_syntax import (
-    InlineParameters,
     PromptSyntaxError,
     expand_permutations,
     parse_inline_parameters,
@@ -43,7 +41,6 @@ DEFAULT_STRENGTH = 0.6
 UPSCALE_STEPS = 20  # what the x2 latent upscaler is tuned for
 SIZE_MULTIPLE = 64
 MAX_STYLES = 3
-T = TypeVar("T")
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _SPACES = re.compile(r"\s+")
 
@@ -140,10 +137,6 @@ class Imagined(BaseModel):
     jobs: tuple[GenerationParams, ...]
     notes: tuple[str, ...] = ()
 
-    @property
-    def image_count(self) -> int:
-        return sum(job.image_count for job in self.jobs)
-
 
 def imagine(
     limits: RequestLimits,
@@ -175,13 +168,19 @@ def imagine(
             f"this prompt makes {total} jobs ({len(prompts)} prompt(s) x --repeat {inline.repeat}); "
             f"the limit is {limits.max_expansion}"
         )
-    notes: list[str] = []
-    seed = _prefer("seed", seed, inline.seed, inline, ("seed",), notes)
-    steps = _prefer("steps", steps, inline.steps, inline, ("steps",), notes)
+    explicit = (("seed", seed, ("seed",)), ("steps", steps, ("steps",)),
+                ("size" if size else "aspect", size or aspect, ("ar", "aspect")))
+    notes = tuple(
+        f"the `{option}` option was used instead of `--{flag} {inline.found[flag]}` in the prompt"
+        for option, given, flags in explicit
+        if given is not None
+        for flag in flags
+        if flag in inline.found
+    )
+    seed = inline.seed if seed is None else seed
+    steps = inline.steps if steps is None else steps
     if size is None and aspect is None and inline.aspect is not None:
         size = inline_aspect_size(inline.aspect, native_size, limits)
-    else:
-        _prefer("size" if size else "aspect", aspect or size, inline.aspect, inline, ("ar", "aspect"), notes)
     width, height = size or size_for(aspect or "1:1", native_size, limits)
     negative = ", ".join(part for part in (normalise_text(negative), inline.no or "") if part)
     count = count or limits.max_count
@@ -203,20 +202,7 @@ def imagine(
                 typed_prompt=typed,
                 styles=tuple(style.name for style in styles),
             ))
-    return Imagined(jobs=tuple(jobs), notes=tuple(notes))
-
-
-def _prefer(
-    option: str, given: T | None, flagged: T | None, inline: InlineParameters, flags: tuple[str, ...],
-    notes: list[str],
-) -> T | None:
-    """The explicit option when given, else the flag's value; a note when both were given."""
-    typed = next((flag for flag in flags if flag in inline.found), None)
-    if given is None:
-        return flagged
-    if typed is not None:
-        notes.append(f"the `{option}` option was used instead of `--{typed} {inline.found[typed]}` in the prompt")
-    return given
+    return Imagined(jobs=tuple(jobs), notes=notes)
 
 
 def pick_styles(catalogue: Mapping[str, Style], typed: str | None) -> tuple[Style, ...]:
