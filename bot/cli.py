@@ -170,7 +170,7 @@ def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     written: list[tuple[Path, int]] = []
-    for params in batches:
+    for number, params in enumerate(batches, start=1):
         (output,) = engine.run_batch([params], lambda step, total: None, lambda: False)
         for warning in output.warnings:
             log.warning("%s", warning)
@@ -178,7 +178,8 @@ def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_di
             if image.data is None:
                 log.warning("image with seed %d was flagged by the safety checker and not saved", image.seed)
                 continue
-            path = out_dir / f"sdbot-{stamp}-{image.seed}.{image.format}"
+            # The batch number keeps {a, b} prompts made with the same seed apart.
+            path = out_dir / f"sdbot-{stamp}-{number}-{image.seed}.{image.format}"
             path.write_bytes(image.data)
             written.append((path, image.seed))
     return written

@@ -102,6 +102,23 @@ def test_imagine_to_files_writes_pngs_with_consecutive_seeds(
         assert (parameters["width"], parameters["height"]) == (64, 64)
 
 
+def test_imagine_reads_the_prompt_language(tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths, tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        prompt="a {red, green} robot --ar 2:1 --tile", negative="", seed=3, count=1, steps=2, guidance=None,
+        width=None, height=None,
+    )
+    limits = RequestLimits.from_settings(tiny_models.settings())
+    batches, notes = _imagine_batches(args, limits, 64, tiny_engine.token_counter())
+    assert [(b.prompt, b.width, b.height, b.tile) for b in batches] == [
+        ("a red robot", 128, 64, True), ("a green robot", 128, 64, True)
+    ]
+    assert notes == ()
+    files = imagine_to_files(tiny_engine, batches, tmp_path / "out")
+    assert len({path for path, _ in files}) == 2  # same seed, different prompts: two files
+    assert [Image.open(path).size for path, _ in files] == [(128, 64), (128, 64)]
+    assert "Tiling: True" in Image.open(files[0][0]).text["parameters"]
+
+
 def test_imagine_refuses_bad_arguments_before_loading_the_model(tmp_path: Path) -> None:
     """The model folder does not exist: a bad argument must be reported, not the missing model."""
     result = sdbot("imagine", "x", "--steps", "999", env={"SDBOT_MODEL_ID": str(tmp_path / "nope")}, cwd=tmp_path)

@@ -58,13 +58,15 @@ async def test_requests_over_a_cap_are_refused_whole_with_nothing_queued(harness
         "a [cat:dog:0.5]": "prompt editing",
         "a bird --quality 2": "--quality is not a flag this bot knows",
         "castle " * 70: "The prompt is 420 tokens long; the limit is 400",
+        # 2 jobs of 4 images: more than the quota of 6 takes, so neither runs.
+        "a {red, green} bird --seed 1": "You have used 0 of your 6 images for today and this needs 8",
     }
-    harness.settings = harness.settings.model_copy(update={"max_prompt_tokens": 400})
+    harness.settings = harness.settings.model_copy(update={"max_prompt_tokens": 400, "default_daily_quota": 6})
     await harness.restart()
     store = harness.store
     assert store is not None
     for prompt, message in refusals.items():
-        handle = await fake.slash(fake.member, "imagine", prompt=prompt, count=1)
+        handle = await fake.slash(fake.member, "imagine", prompt=prompt, count=4)
         await handle.wait_original(timeout=10)
         assert handle.ephemeral and message in handle.content, (prompt, handle.content)
     assert await store.recent_jobs(fake.guild.id, fake.member.id) == []
