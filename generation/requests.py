@@ -43,6 +43,8 @@ SIZE_MULTIPLE = 64
 MAX_STYLES = 3
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _SPACES = re.compile(r"\s+")
+# A1111's LoRA tag, `<lora:name:0.8>`; no LoRA catalogue exists yet (issue 13), so each is refused.
+_LORA_TAG = re.compile(r"<lora:([^:>]*)[^>]*>", re.IGNORECASE)
 
 
 class RequestLimits(BaseModel):
@@ -357,6 +359,8 @@ def validate(
 def _check_prompt_language(
     label: str, text: str, limits: RequestLimits, count_tokens: Callable[[str], int] | None
 ) -> None:
+    if lora := _LORA_TAG.search(text):
+        raise InvalidRequest(f"in the {label}, there is no LoRA called “{lora[1].strip()}”; this bot has no LoRAs")
     try:
         parse_weights(text)
         tokens = count_tokens(text) if count_tokens is not None and text else 0

@@ -225,6 +225,7 @@ def test_unknown_or_too_many_styles_are_refused(typed: str, message: str) -> Non
         (text2img("a [cat:dog:0.5]"), "in the prompt, prompt editing like"),
         (text2img("a cat AND a dog"), "in the prompt, “AND” in capitals"),
         (text2img("a cat", negative_prompt="(ugly:-1)"), "in the negative prompt, the weight -1"),
+        (text2img("a cat <lora:pixel-art:0.8>"), "in the prompt, there is no LoRA called “pixel-art”"),
     ],
 )
 def test_refused_weight_syntax_is_an_invalid_request(params: GenerationParams, message: str) -> None:
