@@ -12,6 +12,10 @@ device sync around each, in a separate pass so the throughput figures are unaffe
 and encoding (PNG with metadata) come from the engine's own `last_timings`. Overhead compares the
 engine's time without safety and encoding to one bare `pipe(...)` call with the same prompts,
 generators and settings: it is what validation, token counting, step callbacks and records cost.
+
+Prompt encoding (issue 17): `encode_batch` of a plain short prompt against a weighted prompt of
+about 300 tokens (four CLIP chunks), and the extra cost as a share of one 4-step image at the
+benchmark size.
 """
 
 from __future__ import annotations
@@ -35,11 +39,16 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
+from generation.engine.prompt_embeds import count_tokens, encode_batch
 from generation.engine.tiny_models import make_tiny_models
 from sdbot.types import GenerationParams, PipelineKind
 
 SUBJECTS = ["lighthouse", "red fox", "castle", "harbour", "forest path", "robot", "teapot", "mountain lake"]
 STAGES = ("text_encoding", "denoising", "vae_decode", "safety", "encode", "other")
+PLAIN_PROMPT = "a photo of a lighthouse, detailed"
+WEIGHTED_PHRASES = ["(masterpiece:1.2)", "((detailed eyes))", "[blurry]", "a (red fox:1.3) in the snow",
+                    "soft morning light", "(film grain:0.8)", "tall pine trees", "[[watermark]]"]
+WEIGHTED_TOKENS = 300
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             for steps in args.steps
             for batch in args.batch
         ]
+        encoding = _prompt_encoding(engine, size, args.repeats)
     report = {
         "model": args.model,
         "device": engine.device,
@@ -63,8 +73,14 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": args.jobs,
         "versions": VERSIONS,
         "rows": rows,
+        "prompt_encoding": encoding,
     }
     print(_table(report))
+    print(
+        f"prompt encoding: plain {encoding['plain_ms']} ms, {encoding['weighted_tokens']}-token weighted "
+        f"{encoding['weighted_ms']} ms; the difference is {encoding['extra_pct_of_4_step_image']}% of a "
+        f"4-step {size}x{size} image ({encoding['image_4_steps_ms']} ms)"
+    )
     print(json.dumps(report, indent=2))
 
 
@@ -144,6 +160,40 @@ def _measure(engine: DiffusionEngine, size: int, batch: int, steps: int, jobs: i
     if engine.device.startswith("cuda"):
         row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
+
+
+def _prompt_encoding(engine: DiffusionEngine, size: int, repeats: int) -> dict[str, Any]:
+    """Best-of-`repeats` times of encode_batch for a plain and a ~300-token weighted prompt, and of
+    one 4-step image, to put the difference in proportion."""
+    pipe = engine.text2img_pipeline
+    sync = _synchronizer(engine)
+    phrases: list[str] = []
+    while count_tokens(pipe.tokenizer, ", ".join(phrases)) < WEIGHTED_TOKENS:
+        phrases.append(WEIGHTED_PHRASES[len(phrases) % len(WEIGHTED_PHRASES)])
+    weighted = ", ".join(phrases)
+
+    def best(run: Callable[[], object]) -> float:
+        run()  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    plain_s = best(lambda: encode_batch(pipe, [PLAIN_PROMPT], [""]))
+    weighted_s = best(lambda: encode_batch(pipe, [weighted], [""]))
+    image = GenerationParams(pipeline=PipelineKind.TEXT2IMG, prompt=PLAIN_PROMPT, seeds=(1,), steps=4,
+                             guidance=0.0, width=size, height=size)
+    image_s = best(lambda: engine.run_batch([image], lambda step, total: None, lambda: False))
+    return {
+        "plain_ms": round(1000 * plain_s, 2),
+        "weighted_ms": round(1000 * weighted_s, 2),
+        "weighted_tokens": count_tokens(pipe.tokenizer, weighted),
+        "image_4_steps_ms": round(1000 * image_s, 2),
+        "extra_pct_of_4_step_image": round(100 * (weighted_s - plain_s) / image_s, 2),
+    }
 
 
 @contextmanager

@@ -9,7 +9,9 @@ which stores and queues it, then acknowledges it, and owns its public reply from
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from bot.views import Action
 from generation import requests
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import JobScheduler
-from generation.requests import RequestLimits
+from generation.prompt_syntax import PromptSyntaxError
+from generation.requests import MAX_STYLES, RequestLimits
+from generation.styles import Style, match_styles
 from sdbot.settings import Settings
 from sdbot.store import QuotaExceeded, Store
 from sdbot.types import (
@@ -48,6 +52,9 @@ class ModelInfo:
 
     model_id: str
     native_size: int
+    # The model's token count of a prompt, for the token cap before a job is queued; None when the
+    # model lives elsewhere (Ray workers), and then the engine refuses an over-long prompt itself.
+    count_tokens: Callable[[str], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,13 @@ class Source:
 
 class Admission:
     def __init__(
-        self, *, settings: Settings, store: Store, scheduler: JobScheduler, delivery: Delivery, model: ModelInfo
+        self, *, settings: Settings, store: Store, scheduler: JobScheduler, delivery: Delivery, model: ModelInfo,
+        styles: Mapping[str, Style],
     ) -> None:
         self.settings = settings
         self.limits = RequestLimits.from_settings(settings)
         self.model = model
+        self.styles = styles
         self._store = store
         self._scheduler = scheduler
         self._delivery = delivery
@@ -89,44 +98,52 @@ class Admission:
         self,
         interaction: discord.Interaction,
         kind: JobKind,
-        params: GenerationParams,
+        batch: Sequence[GenerationParams],
         *,
+        notes: Sequence[str] = (),
         source: ImageRow | None = None,
         source_path: Path | None = None,
-    ) -> JobRow | None:
-        """Validate, check, store, charge and queue one job, answering the interaction. None when
-        refused after the acknowledgement."""
+    ) -> list[JobRow]:
+        """Validate, check, store, charge and queue the jobs of one request, answering the
+        interaction. All of them fit the queue and the quota or none is queued; the list is empty
+        when refused after the acknowledgement. `notes` go into the reply."""
         assert interaction.guild_id is not None
         source_image = await read_if_present(source_path)
         # A missing source file is regenerated from its seed by the worker, which checks it then.
-        requests.validate(params.model_copy(update={"source_image": source_image}), self.limits)
+        for params in batch:
+            requests.validate(
+                params.model_copy(update={"source_image": source_image}), self.limits, self.model.count_tokens
+            )
         spoilers_allowed = await self._store.nsfw_spoilers_allowed(interaction.guild_id)
-        params = params.model_copy(
-            update={
-                "max_file_bytes": interaction.filesize_limit,
-                "return_flagged": _allow_flagged(interaction, spoilers_allowed),
-            }
-        )
+        update = {
+            "max_file_bytes": interaction.filesize_limit,
+            "return_flagged": _allow_flagged(interaction, spoilers_allowed),
+        }
+        new_jobs = [
+            NewJob(
+                kind=kind,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+                user_id=interaction.user.id,
+                params=params.model_copy(update=update),
+                model_id=self.model.model_id,
+                source_job_id=source.job_id if source else None,
+                source_index=source.idx if source else None,
+                source_path=str(source_path) if source_path else None,
+                application_id=interaction.application_id,
+                interaction_token=interaction.token,
+            )
+            for params in batch
+        ]
         flow = (interaction.guild_id, interaction.user.id)
-        new_job = NewJob(
-            kind=kind,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id or 0,
-            user_id=interaction.user.id,
-            params=params,
-            model_id=self.model.model_id,
-            source_job_id=source.job_id if source else None,
-            source_index=source.idx if source else None,
-            source_path=str(source_path) if source_path else None,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-        )
         async with self._member_locks[flow]:
-            self._scheduler.check_can_submit(flow)
+            self._scheduler.check_can_submit(flow, len(new_jobs))
             quota = await self._store.quota(*flow)
-            if quota.limit is not None and quota.used + params.image_count > quota.limit:
-                raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
-            return await self._delivery.accept(interaction, lambda: self._scheduler.submit(new_job))
+            images = sum(params.image_count for params in batch)
+            if quota.limit is not None and quota.used + images > quota.limit:
+                raise QuotaExceeded(quota.limit, quota.used, images, quota.resets_at)
+            queues = [functools.partial(self._scheduler.submit, new_job) for new_job in new_jobs]
+            return await self._delivery.accept(interaction, queues, notes)
 
     # Finding what a request is about
 
@@ -180,14 +197,39 @@ class Admission:
         count: int | None = None,
         steps: int | None = None,
         guidance: float | None = None,
-        aspect: str = "1:1",
-    ) -> JobRow | None:
-        width, height = requests.size_for(aspect, self.model.native_size, self.limits)
-        params = requests.imagine(
-            self.limits, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
-            guidance=guidance, width=width, height=height,
+        aspect: str | None = None,
+        style: str | None = None,
+    ) -> None:
+        imagined = requests.imagine(
+            self.limits, prompt=prompt, native_size=self.model.native_size, negative=negative, seed=seed,
+            count=count, steps=steps, guidance=guidance, aspect=aspect,
+            styles=requests.pick_styles(self.styles, style),
         )
-        return await self.submit(interaction, JobKind.IMAGINE, params)
+        await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes)
+
+    def token_count(self, job: JobRow) -> int | None:
+        """The token count of a job's prompt as run, when the model can count here (not for
+        upscales, whose prompt is plain text, nor for a prompt from before the syntax checks)."""
+        if self.model.count_tokens is None or job.pipeline is PipelineKind.UPSCALE:
+            return None
+        try:
+            return self.model.count_tokens(job.prompt)
+        except PromptSyntaxError:
+            return None
+
+    def style_choices(self, typed: str) -> list[str]:
+        """Autocomplete for `style:`: the names already typed (before the last comma) followed by
+        each style matching what comes after it."""
+        *chosen, current = [name.strip() for name in typed.split(",")]
+        chosen = [name for name in chosen if name]
+        if len(chosen) >= MAX_STYLES:
+            return []
+        taken = {name.casefold() for name in chosen}
+        return [
+            ", ".join([*chosen, style.name])
+            for style in match_styles(self.styles, current)
+            if style.name.casefold() not in taken
+        ]
 
     async def variations(
         self,
@@ -202,24 +244,24 @@ class Admission:
             params = requests.variation_of(
                 self.limits, source.job, source.image, prompt=prompt, strength=strength, count=count
             )
-            return await self.submit(
-                interaction, JobKind.VARIATION, params, source=source.image, source_path=source.path
+            return _first(
+                await self.submit(interaction, JobKind.VARIATION, [params], source=source.image, source_path=source.path)
             )
         assert prompt, "/variations asks for the prompt of an upload before downloading it"
         params = requests.variation_of_upload(
             self.limits, self.model.native_size, source.width, source.height,
             prompt=prompt, strength=strength, count=count,
         )
-        return await self.submit(interaction, JobKind.VARIATION, params, source_path=source.path)
+        return _first(await self.submit(interaction, JobKind.VARIATION, [params], source_path=source.path))
 
     async def upscale(self, interaction: discord.Interaction, source: Source | Upload) -> JobRow | None:
         if isinstance(source, Source):
             params = requests.upscale_of(source.job, source.image)
-            return await self.submit(
-                interaction, JobKind.UPSCALE, params, source=source.image, source_path=source.path
+            return _first(
+                await self.submit(interaction, JobKind.UPSCALE, [params], source=source.image, source_path=source.path)
             )
-        return await self.submit(interaction, JobKind.UPSCALE, requests.upscale(source.width, source.height),
-                          source_path=source.path)
+        params = requests.upscale(source.width, source.height)
+        return _first(await self.submit(interaction, JobKind.UPSCALE, [params], source_path=source.path))
 
     async def reroll(self, interaction: discord.Interaction, job_id: int, seed: int | None = None) -> JobRow | None:
         """The same parameters again: with `seed`, one image that reproduces that seed's image."""
@@ -230,10 +272,10 @@ class Admission:
         if job.source_job_id is not None and job.source_index is not None:
             images = await self._store.images(job.source_job_id)
             source = next((i for i in images if i.idx == job.source_index), None)
-        return await self.submit(
-            interaction, JobKind.REROLL, requests.reroll(job, seed), source=source,
+        return _first(await self.submit(
+            interaction, JobKind.REROLL, [requests.reroll(job, seed)], source=source,
             source_path=Path(job.source_path) if job.source_path else None,
-        )
+        ))
 
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         """Cancel a queued or running job: the owner's own, or anyone's for a moderator."""
@@ -288,6 +330,11 @@ class Admission:
         if job is None:
             raise UserError("Your first press of this button just now was not queued; wait a moment and try again.")
         raise UserError(f"Already queued as #{job.id}.")
+
+
+def _first(jobs: Sequence[JobRow]) -> JobRow | None:
+    """The job a one-job request made, if it was queued."""
+    return jobs[0] if jobs else None
 
 
 def _allow_flagged(interaction: discord.Interaction, spoilers_allowed: bool) -> bool:

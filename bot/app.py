@@ -21,6 +21,7 @@ from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
 from generation.jobs.runners import BatchRunner, LocalRunner
+from generation.styles import StyleFileError, load_styles
 from sdbot.migrate import MigrationError
 from sdbot.settings import Settings
 from sdbot.store import Store, StoreUnavailable
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def build_bot(settings: Settings, store: Store, engine: DiffusionEngine | None, **options: object) -> SDBot:
+    """Raises StyleFileError for a styles file that cannot be used (before any runner starts)."""
+    styles = load_styles(settings.styles_path) if settings.styles_path else {}
     runners, model = make_runners(settings, engine)
-    return SDBot(settings=settings, store=store, runners=runners, model=model, **options)
+    return SDBot(settings=settings, store=store, runners=runners, model=model, styles=styles, **options)
 
 
 def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[list[BatchRunner], ModelInfo]:
@@ -47,7 +50,7 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
         ray_runners = start_ray_runners(settings)
         return list(ray_runners), ModelInfo(settings.model_id, ray_runners[0].info.native_size)
     assert engine is not None, "local workers need a loaded engine"
-    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size)
+    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size, engine.token_counter())
 
 
 def run_bot(settings: Settings) -> int:
@@ -57,7 +60,7 @@ def run_bot(settings: Settings) -> int:
     except StoreUnavailable as error:
         print(f"sdbot: {error}; check SDBOT_DATABASE_PATH", file=sys.stderr)
         return 1
-    except (MigrationError, GenerationError, OpsServerError) as error:  # a Ray worker may fail in build_bot
+    except (MigrationError, GenerationError, OpsServerError, StyleFileError) as error:  # raised by build_bot
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     except discord.LoginFailure:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from generation import requests
 from generation.jobs.runners import Engine
@@ -36,15 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="connect to Discord and serve /imagine (needs SDBOT_DISCORD_TOKEN)")
     commands.add_parser("migrate", help="apply pending database migrations and print the schema version")
 
-    imagine = commands.add_parser("imagine", help="generate images locally, without Discord")
-    imagine.add_argument("prompt")
+    imagine = commands.add_parser(
+        "imagine", help="generate images locally, without Discord (the prompt language of /imagine)"
+    )
+    imagine.add_argument("prompt", help="the prompt; A1111 weights, --ar 16:9, --no, --tile, {a, b} work as in /imagine")
     imagine.add_argument("--negative", default="", help="negative prompt")
     imagine.add_argument("--seed", type=_seed, help="seed of the first image (-1 or empty: random, the default)")
     imagine.add_argument("--steps", type=int, help="denoising steps (default: SDBOT_DEFAULT_STEPS)")
     imagine.add_argument("--guidance", type=float, help="CFG scale (default: SDBOT_DEFAULT_GUIDANCE)")
     imagine.add_argument("--width", type=int, help="width in pixels (default: the model's native size)")
     imagine.add_argument("--height", type=int, help="height in pixels (default: the model's native size)")
-    imagine.add_argument("--count", type=int, default=1, help="number of images (default 1, at most SDBOT_MAX_COUNT)")
+    imagine.add_argument("--count", type=int, default=1, help="number of images per job (default 1, at most SDBOT_MAX_COUNT)")
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
@@ -56,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser("backup", help="write a consistent copy of the database (safe while the bot runs)")
     backup.add_argument("path", type=Path, help="file to write")
+
+    parse = commands.add_parser(
+        "parse-prompt", help="show how the bot reads a prompt: flags, {a, b} prompts, weights, token chunks"
+    )
+    parse.add_argument("prompt")
+    parse.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     test_model = commands.add_parser(
         "make-test-model", help="write tiny random-weight models (for tests and offline smoke runs)"
@@ -83,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "imagine": _imagine,
         "prune": _prune,
         "backup": _backup,
+        "parse-prompt": _parse_prompt,
         "make-test-model": _make_test_model,
     }
     return handlers[args.command](settings, args)
@@ -173,12 +184,14 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"model_id": args.model})
     limits = RequestLimits.from_settings(settings)
     try:
-        # Every argument is checked before the model loads (seconds to minutes); the size again
-        # after, once the model's native size is known.
-        _imagine_params(args, limits, args.width or limits.min_size, args.height or limits.min_size)
+        # Every argument is checked before the model loads (seconds to minutes); again after, with
+        # the model's native size and its token count.
+        _imagine_batches(args, limits, limits.min_size)
         engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
-        params = _imagine_params(args, limits, args.width or engine.native_size, args.height or engine.native_size)
-        written = imagine_to_files(engine, [params], args.out)
+        batches, notes = _imagine_batches(args, limits, engine.native_size, engine.token_counter())
+        for note in notes:
+            log.warning("%s", note)
+        written = imagine_to_files(engine, batches, args.out)
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
@@ -187,15 +200,21 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _imagine_params(args: argparse.Namespace, limits: RequestLimits, width: int, height: int) -> GenerationParams:
-    """The request, built and validated as the bot does (at most SDBOT_MAX_COUNT images, seeds
-    consecutive from `--seed`)."""
-    params = requests.imagine(
-        limits, prompt=args.prompt, negative=args.negative, seed=args.seed, count=args.count, steps=args.steps,
-        guidance=args.guidance, width=width, height=height,
+def _imagine_batches(
+    args: argparse.Namespace, limits: RequestLimits, native_size: int,
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[list[GenerationParams], tuple[str, ...]]:
+    """Each job of the prompt (one per {a, b} choice and --repeat), built and validated as the bot
+    does (at most SDBOT_MAX_COUNT images each, seeds consecutive from `--seed`); and the notes on
+    options that won over flags typed in the prompt."""
+    size = (args.width or native_size, args.height or native_size) if args.width or args.height else None
+    imagined = requests.imagine(
+        limits, prompt=args.prompt, native_size=native_size, negative=args.negative, seed=args.seed,
+        count=args.count, steps=args.steps, guidance=args.guidance, size=size,
     )
-    requests.validate(params, limits)
-    return params
+    for params in imagined.jobs:
+        requests.validate(params, limits, count_tokens)
+    return list(imagined.jobs), imagined.notes
 
 
 def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_dir: Path) -> list[tuple[Path, int]]:
@@ -204,7 +223,7 @@ def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     written: list[tuple[Path, int]] = []
-    for params in batches:
+    for number, params in enumerate(batches, start=1):
         (output,) = engine.run_batch([params], lambda step, total: None, lambda: False)
         for warning in output.warnings:
             log.warning("%s", warning)
@@ -212,10 +231,63 @@ def imagine_to_files(engine: Engine, batches: Sequence[GenerationParams], out_di
             if image.data is None:
                 log.warning("image with seed %d was flagged by the safety checker and not saved", image.seed)
                 continue
-            path = out_dir / f"sdbot-{stamp}-{image.seed}.{image.format}"
+            # The batch number keeps {a, b} prompts made with the same seed apart.
+            path = out_dir / f"sdbot-{stamp}-{number}-{image.seed}.{image.format}"
             path.write_bytes(image.data)
             written.append((path, image.seed))
     return written
+
+
+def _parse_prompt(settings: Settings, args: argparse.Namespace) -> int:
+    """Token chunks need the model's tokenizer: read from SDBOT_MODEL_ID when it is on this machine
+    (a folder or the Hugging Face cache), never downloaded; without it they are left out."""
+    from generation.engine.prompt_embeds import load_tokenizer, read_prompt
+    from generation.prompt_syntax import PromptSyntaxError
+
+    tokenizer = load_tokenizer(settings.model_id, settings.model_revision)
+    try:
+        reading = prompt_reading(args.prompt, RequestLimits.from_settings(settings).max_expansion,
+                                 (lambda text: read_prompt(tokenizer, text)) if tokenizer else None)
+    except PromptSyntaxError as error:
+        print(f"sdbot: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reading, ensure_ascii=False))
+        return 0
+    for name, value in reading["flags"].items():
+        print(f"--{name} {value}".rstrip())
+    for prompt in reading["prompts"]:
+        print(f"\n{prompt['text']}")
+        print("  fragments: " + json.dumps(prompt["fragments"], ensure_ascii=False))
+        if prompt["chunks"] is None:
+            print(f"  (token chunks need the tokenizer of {settings.model_id}, which is not on this machine)")
+        else:
+            print(f"  chunks: {prompt['chunks']} tokens; A1111 count {prompt['tokens']}")
+    return 0
+
+
+def prompt_reading(text: str, cap: int, read: Callable[[str], Any] | None) -> dict[str, Any]:
+    """How the bot reads `text`: the inline flags as typed, then each {a, b} prompt with its weighted
+    fragments (weights rounded to 4 places, BREAK as weight -1) and, given the tokenizer's `read`
+    (a PromptReading), the real tokens per chunk and A1111's count. Raises PromptSyntaxError."""
+    from generation.prompt_syntax import (
+        expand_permutations,
+        parse_inline_parameters,
+        parse_weights,
+    )
+
+    remaining, inline = parse_inline_parameters(requests.normalise_text(text))
+    prompts = []
+    for prompt in expand_permutations(remaining, cap):
+        fragments = [[piece, round(weight, 4)] for piece, weight in parse_weights(prompt)]
+        reading = read(prompt) if read else None
+        prompts.append({
+            "text": prompt,
+            "fragments": fragments,
+            "chunks": reading.chunk_tokens if reading else None,
+            "tokens": reading.length if reading else None,
+        })
+    return {"flags": inline.found, "prompts": prompts}
 
 
 def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 import discord
 from discord.ext import commands
@@ -19,6 +20,7 @@ from generation.jobs.retention import prune_forever
 from generation.jobs.runners import BatchRunner
 from generation.jobs.scheduler import JobScheduler
 from generation.jobs.worker import Listeners
+from generation.styles import Style
 from sdbot.settings import Settings
 from sdbot.store import Store
 
@@ -53,6 +55,7 @@ class SDBot(commands.Bot):
         store: Store,
         runners: list[BatchRunner],
         model: ModelInfo,
+        styles: Mapping[str, Style],
         **options: object,
     ) -> None:
         intents = discord.Intents.none()
@@ -67,6 +70,7 @@ class SDBot(commands.Bot):
         self.settings = settings
         self.store = store
         self.model = model
+        self.styles = styles
         self._runners = runners
         self.metrics = Metrics()
         # Created in setup_hook, once the loop runs.
@@ -87,7 +91,7 @@ class SDBot(commands.Bot):
         self.metrics.watch(lambda: self.scheduler.queue_length, lambda: self.latency)
         self.admission = Admission(
             settings=self.settings, store=self.store, scheduler=self.scheduler, delivery=self.delivery,
-            model=self.model,
+            model=self.model, styles=self.styles,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)

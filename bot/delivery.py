@@ -13,7 +13,7 @@ import io
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,9 @@ class Delivery:
         # fast job's result is never overwritten by the older "queued" text.
         self._pending_replies: dict[str, asyncio.Event] = {}
         self._reply_ids: dict[int, int] = {}  # job id -> its reply's message id, once written
+        # Notes on how a request was read (an option won over a flag in the prompt), shown with the
+        # queued text and again with the result; kept in memory only, so a restart drops them.
+        self._notes: dict[int, Sequence[str]] = {}
         self._tracking: dict[int, asyncio.Task[None]] = {}  # started jobs waiting for their reply
         self._running: dict[int, JobRow] = {}
         self._last_progress_edit: dict[int, float] = {}
@@ -84,44 +87,77 @@ class Delivery:
     # Acknowledgement
 
     async def accept(
-        self, interaction: discord.Interaction, queue: Callable[[], Awaitable[SubmitReceipt]]
-    ) -> JobRow | None:
-        """Queue the job with `queue()`, then acknowledge publicly and show its place in line.
+        self,
+        interaction: discord.Interaction,
+        queues: Sequence[Callable[[], Awaitable[SubmitReceipt]]],
+        notes: Sequence[str] = (),
+    ) -> list[JobRow]:
+        """Queue each job with its `queue()`, acknowledge publicly and show each place in line: the
+        first job in the deferred reply (with `notes`), the others (a prompt's {a, b} choices and
+        repeats) in follow-up messages that they then edit like the first.
 
-        The job row (with the interaction token) is committed before Discord hears anything, so a
-        hard kill after the public "thinking..." loses nothing: the next start runs the job and
-        edits that reply. A refusal found only now (the queue filled meanwhile) or a failure to
-        store the job (a full disk) is answered privately, with nothing acknowledged or charged."""
+        The first job's row (with the interaction token) is committed before Discord hears
+        anything, so a hard kill after the public "thinking..." loses nothing: the next start runs
+        the job and edits that reply. A refusal found only now (the queue filled meanwhile) or a
+        failure to store the first job (a full disk) is answered privately, with nothing
+        acknowledged or charged. A later job that cannot be queued is reported privately; the
+        others go on."""
         token = interaction.token
         # Registered before the job can start: its result waits for the "queued" text to be written.
         self._pending_replies[token] = asyncio.Event()
+        accepted: list[JobRow] = []
         try:
+            first, *rest = queues
             try:
-                receipt = await queue()
+                receipt = await first()
             except (QueueRefused, QuotaExceeded) as error:
                 await interaction.response.send_message(explain(error) or str(error), ephemeral=True)
-                return None
+                return accepted
             except Exception as error:  # whatever it was, the member gets an answer
                 log.exception("could not queue a job for interaction %s", interaction.id)
                 await interaction.response.send_message(render.not_queued_text(_what_failed(error)), ephemeral=True)
-                return None
+                return accepted
+            accepted.append(receipt.job)
             try:
                 await interaction.response.defer(thinking=True)
             except discord.HTTPException as error:
                 # Discord gave up waiting: the job is queued and charged, its result goes to the channel.
                 log.warning("job %s: could not acknowledge its interaction (%s)", receipt.job.id, error)
-                return receipt.job
-            await self._show_queued(interaction, receipt)
-            return receipt.job
+                return accepted
+            await self._show_queued(interaction, receipt, notes, first=True)
+            for queue in rest:
+                try:
+                    receipt = await queue()
+                except Exception as error:  # the first is queued: say what became of the others
+                    if isinstance(error, QueueRefused | QuotaExceeded):
+                        why = explain(error) or str(error)
+                    else:
+                        log.exception("could not queue a job for interaction %s", interaction.id)
+                        why = _what_failed(error)
+                    await interaction.followup.send(
+                        f"Only {len(accepted)} of the {len(queues)} jobs were queued: {why}", ephemeral=True
+                    )
+                    return accepted
+                await self._show_queued(interaction, receipt, (), first=False)
+                accepted.append(receipt.job)
+            return accepted
         finally:
             self._pending_replies.pop(token).set()
 
-    async def _show_queued(self, interaction: discord.Interaction, receipt: SubmitReceipt) -> None:
+    async def _show_queued(
+        self, interaction: discord.Interaction, receipt: SubmitReceipt, notes: Sequence[str], *, first: bool
+    ) -> None:
         job = receipt.job
+        if notes:
+            self._notes[job.id] = notes
+        content = render.queued_text(job, receipt.position, receipt.eta_s) + _small_print(notes)
         try:
-            message = await interaction.edit_original_response(
-                content=render.queued_text(job, receipt.position, receipt.eta_s), view=queued_view(job.id)
-            )
+            if first:
+                message: discord.Message = await interaction.edit_original_response(
+                    content=content, view=queued_view(job.id)
+                )
+            else:
+                message = await interaction.followup.send(content, view=queued_view(job.id), wait=True)
         except discord.HTTPException as error:
             # The job is queued and charged: its result will be posted to the channel instead.
             log.warning("job %s: could not show its queue place (%s)", job.id, error)
@@ -251,6 +287,7 @@ class Delivery:
         finally:
             self._reply_ids.pop(job.id, None)
             self._resumed.discard(job.id)
+            self._notes.pop(job.id, None)
 
     async def resume(self) -> None:
         """Post the ends the last run stored but had not posted yet (it was killed in between)."""
@@ -273,9 +310,8 @@ class Delivery:
             posted.append(image)
             filename = f"sdbot-{job.id}-{image.idx + 1}-{image.seed}.{image.format or 'png'}"
             files.append(discord.File(io.BytesIO(data), filename=filename, spoiler=image.flagged))
-        content = f"<@{job.user_id}>"
-        if output is not None and output.warnings:
-            content += "\n" + "\n".join(f"-# {render.clip(warning, 300)}" for warning in output.warnings)
+        warnings = output.warnings if output is not None else []
+        content = f"<@{job.user_id}>" + _small_print([*self._notes.get(job.id, ()), *warnings])
         return await self._post(
             job,
             content=render.clip(content, 2000),
@@ -346,6 +382,10 @@ class Delivery:
 async def _settled(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         await asyncio.gather(task, return_exceptions=True)
+
+
+def _small_print(lines: Sequence[str]) -> str:
+    return "".join(f"\n-# {render.clip(line, 300)}" for line in lines)
 
 
 def _token_valid(job: JobRow) -> bool:

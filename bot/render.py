@@ -90,10 +90,15 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
     return embed
 
 
-def record_embed(job: JobRow, images: list[ImageRow]) -> discord.Embed:
-    """The full reproducibility record of a job, for /job."""
+def record_embed(job: JobRow, images: list[ImageRow], tokens: int | None = None) -> discord.Embed:
+    """The full reproducibility record of a job, for /job: the prompt as run (styles applied, flags
+    taken out), as typed when that differs, and its token count when the model could count it."""
     embed = discord.Embed(title=clip(describe(job), 256), colour=EMBED_COLOUR)
     embed.description = clip(job.prompt, 2000) if job.prompt else None
+    if job.typed_prompt is not None and job.typed_prompt != job.prompt:
+        embed.add_field(name="As typed", value=clip(job.typed_prompt, 1024), inline=False)
+    if job.styles:
+        embed.add_field(name="Styles", value=clip(", ".join(job.styles), 1024), inline=False)
     status = job.status.value + (f" ({job.status_reason})" if job.status_reason else "")
     embed.add_field(name="Status", value=clip(status, 1024))
     embed.add_field(name="By", value=f"<@{job.user_id}>")
@@ -103,6 +108,10 @@ def record_embed(job: JobRow, images: list[ImageRow]) -> discord.Embed:
     params = f"steps {job.steps} · guidance {job.guidance:g} · {job.width}×{job.height}"
     if job.strength is not None:
         params += f" · strength {job.strength:g}"
+    if job.tile:
+        params += " · seamless tiling"
+    if tokens is not None:
+        params += f" · {tokens} prompt tokens"
     embed.add_field(name="Parameters", value=params, inline=False)
     seeds = images or []
     seed_text = ", ".join(f"{i.idx + 1}: `{i.seed}`" + (" (flagged)" if i.flagged else "") for i in seeds)

@@ -4,6 +4,10 @@ them, before anything slow happens (a Discord acknowledgement, a model load).
 Slash commands, buttons and `sdbot imagine` all build their parameters here and call `validate`:
 text is normalised first (so invisible characters count as empty), then every limit is checked and
 a refusal is an `InvalidRequest` whose message is fit to show the member. Pure Python and Pillow.
+
+`imagine` also reads the prompt language (`generation.prompt_syntax`): Midjourney flags typed in
+the prompt (`--ar 16:9 --no text --seed 5 --tile --repeat 2`), `{a, b}` permutations and styles;
+one request can become several jobs. A1111 weights are checked here and applied by the engine.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 
 from PIL import Image
@@ -19,6 +24,13 @@ from pydantic import BaseModel, ConfigDict
 
 from generation.errors import InvalidRequest
 from generation.prompt_check import check_prompt
+from generation.prompt_syntax import (
+    PromptSyntaxError,
+    expand_permutations,
+    parse_inline_parameters,
+    parse_weights,
+)
+from generation.styles import Style, apply_styles
 from sdbot.settings import Settings
 from sdbot.types import MAX_SEED, GenerationParams, ImageRow, JobRow, PipelineKind
 
@@ -29,8 +41,11 @@ DEFAULT_STRENGTH = 0.6
 UPSCALE_STEPS = 20  # what the x2 latent upscaler is tuned for
 SIZE_MULTIPLE = 64
 RANDOM_SEED = -1  # the seed that asks for a random one, as in AUTOMATIC1111
+MAX_STYLES = 3
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 _SPACES = re.compile(r"\s+")
+# A1111's LoRA tag, `<lora:name:0.8>`; no LoRA catalogue exists yet (issue 13), so each is refused.
+_LORA_TAG = re.compile(r"<lora:([^:>]*)[^>]*>", re.IGNORECASE)
 
 
 class RequestLimits(BaseModel):
@@ -43,6 +58,8 @@ class RequestLimits(BaseModel):
     max_steps: int = 50
     max_count: int = 4
     max_prompt_chars: int = 1000
+    max_prompt_tokens: int = 450
+    max_expansion: int = 4
     max_upload_pixels: int = 4096 * 4096
     blocked_words: tuple[str, ...] = ()
     default_steps: int = 4
@@ -84,15 +101,34 @@ def seeds(count: int, first: int | None = None) -> tuple[int, ...]:
     return tuple((first + offset) % (MAX_SEED + 1) for offset in range(count))
 
 
+def _snap(side: float) -> int:
+    return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
 def fit(area: float, ratio: float, limits: RequestLimits) -> tuple[int, int]:
     """Width and height of about `area` pixels at `ratio`, in multiples of 64, within the limits."""
     width, height = math.sqrt(area * ratio), math.sqrt(area / ratio)
 
-    def snap(side: float) -> int:
-        snapped = max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
-        return min(max(snapped, limits.min_size), limits.max_size)
+    def clamp(side: float) -> int:
+        return min(max(_snap(side), limits.min_size), limits.max_size)
 
-    return snap(width), snap(height)
+    return clamp(width), clamp(height)
+
+
+def inline_aspect_size(ratio: tuple[int, int], native_size: int, limits: RequestLimits) -> tuple[int, int]:
+    """The size for `--ar W:H`: about the model's native pixel count, in multiples of 64, the short
+    side at least SDBOT_MIN_SIZE (so a small model still gets a wider image). A shape whose long side
+    would pass SDBOT_MAX_SIZE is refused rather than squashed into another shape."""
+    width, height = ratio
+    stretch = max(width, height) / min(width, height)
+    short = max(math.sqrt(native_size * native_size / stretch), limits.min_size)
+    short_px, long_px = _snap(short), _snap(short * stretch)
+    if long_px > limits.max_size:
+        raise InvalidRequest(
+            f"--ar {width}:{height} would need {long_px}x{short_px} pixels; the longest side allowed is "
+            f"{limits.max_size}, so choose a less stretched shape"
+        )
+    return (long_px, short_px) if width >= height else (short_px, long_px)
 
 
 def size_for(aspect: str, native_size: int, limits: RequestLimits) -> tuple[int, int]:
@@ -106,28 +142,99 @@ def size_for(aspect: str, native_size: int, limits: RequestLimits) -> tuple[int,
 # Builders: one per kind of job, shared by the slash commands, the buttons and the CLI.
 
 
+class Imagined(BaseModel):
+    """What one /imagine asks for: a job per `{a, b}` combination and `--repeat`, each charged,
+    and notes for the reply (an option that won over a flag typed in the prompt)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    jobs: tuple[GenerationParams, ...]
+    notes: tuple[str, ...] = ()
+
+
 def imagine(
     limits: RequestLimits,
     *,
     prompt: str,
+    native_size: int,
     negative: str = "",
     seed: int | None = None,
     count: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
-    width: int,
-    height: int,
-) -> GenerationParams:
-    return GenerationParams(
-        pipeline=PipelineKind.TEXT2IMG,
-        prompt=normalise_text(prompt),
-        negative_prompt=normalise_text(negative),
-        seeds=seeds(count or limits.max_count, seed),
-        steps=limits.default_steps if steps is None else steps,
-        guidance=limits.default_guidance if guidance is None else guidance,
-        width=width,
-        height=height,
+    aspect: str | None = None,
+    size: tuple[int, int] | None = None,
+    styles: Sequence[Style] = (),
+) -> Imagined:
+    """Text-to-image jobs for a prompt in the prompt language. Options given explicitly (`aspect`,
+    `size`, `seed`, `steps`) win over the same flags typed in the prompt, and a note says so.
+    With a seed, every combination gets the same seeds (to compare them) and each `--repeat`
+    continues the sequence. Raises InvalidRequest for bad flags, braces or too many jobs."""
+    typed = normalise_text(prompt)
+    try:
+        text, inline = parse_inline_parameters(typed)
+        prompts = expand_permutations(text, limits.max_expansion)
+    except PromptSyntaxError as error:
+        raise InvalidRequest(str(error)) from None
+    total = len(prompts) * inline.repeat
+    if total > limits.max_expansion:
+        raise InvalidRequest(
+            f"this prompt makes {total} jobs ({len(prompts)} prompt(s) x --repeat {inline.repeat}); "
+            f"the limit is {limits.max_expansion}"
+        )
+    explicit = (("seed", seed, ("seed",)), ("steps", steps, ("steps",)),
+                ("size" if size else "aspect", size or aspect, ("ar", "aspect")))
+    notes = tuple(
+        f"the `{option}` option was used instead of `--{flag} {inline.found[flag]}` in the prompt"
+        for option, given, flags in explicit
+        if given is not None
+        for flag in flags
+        if flag in inline.found
     )
+    seed = chosen_seed(inline.seed if seed is None else seed)
+    steps = inline.steps if steps is None else steps
+    if size is None and aspect is None and inline.aspect is not None:
+        size = inline_aspect_size(inline.aspect, native_size, limits)
+    width, height = size or size_for(aspect or "1:1", native_size, limits)
+    negative = ", ".join(part for part in (normalise_text(negative), inline.no or "") if part)
+    count = count or limits.max_count
+    jobs = []
+    for repeat in range(inline.repeat):
+        first = None if seed is None else seed + repeat * count
+        for text in prompts:
+            styled, styled_negative = apply_styles(text, negative, styles)
+            jobs.append(GenerationParams(
+                pipeline=PipelineKind.TEXT2IMG,
+                prompt=normalise_text(styled),
+                negative_prompt=normalise_text(styled_negative),
+                seeds=seeds(count, first),
+                steps=limits.default_steps if steps is None else steps,
+                guidance=limits.default_guidance if guidance is None else guidance,
+                width=width,
+                height=height,
+                tile=inline.tile,
+                typed_prompt=typed,
+                styles=tuple(style.name for style in styles),
+            ))
+    return Imagined(jobs=tuple(jobs), notes=notes)
+
+
+def pick_styles(catalogue: Mapping[str, Style], typed: str | None) -> tuple[Style, ...]:
+    """The styles named in `typed` (comma-separated, any case), in order; at most MAX_STYLES."""
+    names = [name.strip() for name in (typed or "").split(",") if name.strip()]
+    if not names:
+        return ()
+    if not catalogue:
+        raise InvalidRequest("this bot has no styles set up (SDBOT_STYLES_FILE)")
+    if len(names) > MAX_STYLES:
+        raise InvalidRequest(f"at most {MAX_STYLES} styles at once (got {len(names)})")
+    by_key = {name.casefold(): style for name, style in catalogue.items()}
+    picked = []
+    for name in names:
+        if name.casefold() not in by_key:
+            raise InvalidRequest(f"there is no style called “{name}”; start typing in `style` to see the list")
+        picked.append(by_key[name.casefold()])
+    return tuple(picked)
 
 
 def variation(
@@ -216,8 +323,12 @@ def reroll(job: JobRow, seed: int | None = None) -> GenerationParams:
 # Validation
 
 
-def validate(params: GenerationParams, limits: RequestLimits) -> None:
-    """Raise InvalidRequest (or BlockedPrompt) with a message fit for the member; runs nothing."""
+def validate(
+    params: GenerationParams, limits: RequestLimits, count_tokens: Callable[[str], int] | None = None
+) -> None:
+    """Raise InvalidRequest (or BlockedPrompt) with a message fit for the member; runs nothing.
+    `count_tokens` (the model's tokenizer, see DiffusionEngine.token_counter) enables the token
+    cap; without it the engine refuses an over-long prompt when the job runs."""
     if params.width % 8 or params.height % 8:
         raise InvalidRequest(f"width and height must be multiples of 8 (got {params.width}x{params.height})")
     if not (
@@ -248,11 +359,28 @@ def validate(params: GenerationParams, limits: RequestLimits) -> None:
         if len(text) > limits.max_prompt_chars:
             raise InvalidRequest(f"the {label} is {len(text)} characters long; the limit is {limits.max_prompt_chars}")
     check_prompt(params.prompt, limits.blocked_words)
+    if params.pipeline is not PipelineKind.UPSCALE:  # the upscaler reads its prompt as plain text
+        for label, text in (("prompt", params.prompt), ("negative prompt", params.negative_prompt)):
+            _check_prompt_language(label, text, limits, count_tokens)
     if params.pipeline is PipelineKind.UPSCALE and (params.width % 64 or params.height % 64):
         # The upscaler's UNet halves its latents three times: odd latent sizes do not fit.
         raise InvalidRequest(f"an upscale works on sizes in multiples of 64 pixels (got {params.width}x{params.height})")
     if params.source_image is not None:
         check_source(params, params.source_image, limits)
+
+
+def _check_prompt_language(
+    label: str, text: str, limits: RequestLimits, count_tokens: Callable[[str], int] | None
+) -> None:
+    if lora := _LORA_TAG.search(text):
+        raise InvalidRequest(f"in the {label}, there is no LoRA called “{lora[1].strip()}”; this bot has no LoRAs")
+    try:
+        parse_weights(text)
+        tokens = count_tokens(text) if count_tokens is not None and text else 0
+    except PromptSyntaxError as error:
+        raise InvalidRequest(f"in the {label}, {error}") from None
+    if tokens > limits.max_prompt_tokens:
+        raise InvalidRequest(f"the {label} is {tokens} tokens long; the limit is {limits.max_prompt_tokens}")
 
 
 def check_source(params: GenerationParams, data: bytes, limits: RequestLimits) -> None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     min_size: int = Field(64, ge=8)
     max_size: int = Field(1024, ge=64)
     max_prompt_chars: int = Field(1000, ge=1)
+    max_prompt_tokens: int = Field(450, ge=75)
+    max_expansion: int = Field(4, ge=1, le=25)
+    styles_file: Path | None = None
     max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -94,6 +97,14 @@ class Settings(BaseSettings):
         if value.split(":")[0] not in {"auto", "cuda", "mps", "cpu"}:
             raise ValueError("must be auto, cuda, cuda:N, mps or cpu")
         return value
+
+    @property
+    def styles_path(self) -> Path | None:
+        """SDBOT_STYLES_FILE, else `styles.csv` in the working folder when there is one."""
+        if self.styles_file is not None:
+            return self.styles_file
+        default = Path("styles.csv")
+        return default if default.is_file() else None
 
     @model_validator(mode="after")
     def _sizes_consistent(self) -> Settings:

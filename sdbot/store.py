@@ -150,14 +150,15 @@ class Store:
                 """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
                        negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
                        source_job_id, source_index, source_path, return_flagged, created_at,
-                       application_id, interaction_token)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       application_id, interaction_token, tile, typed_prompt, styles)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     job.kind, params.pipeline, job.guild_id, job.channel_id, job.user_id,
                     params.prompt, params.negative_prompt, json.dumps(list(params.seeds)),
                     params.steps, params.guidance, params.width, params.height, params.strength,
                     job.model_id, job.source_job_id, job.source_index, job.source_path,
                     params.return_flagged, now, job.application_id, job.interaction_token,
+                    params.tile, params.typed_prompt, json.dumps(list(params.styles)),
                 ),
             )
             job_id = cursor.lastrowid
@@ -514,4 +515,6 @@ def _job(row: aiosqlite.Row) -> JobRow:
     values = dict(row)
     values["seeds"] = json.loads(values["seeds"])
     values["return_flagged"] = bool(values["return_flagged"])
+    values["tile"] = bool(values["tile"])
+    values["styles"] = json.loads(values["styles"])
     return JobRow(**values)

@@ -60,15 +60,21 @@ class GenerationParams(BaseModel):
     max_file_bytes: int | None = None
     # Only callers that may show flagged images (as spoilers) get their pixels back.
     return_flagged: bool = False
+    # Seamless tiling (`--tile`): the left edge continues the right, the top the bottom.
+    tile: bool = False
+    # Kept for the record only: the text as typed (inline flags, {a, b} choices, before styles) and
+    # the styles applied. `prompt` and `negative_prompt` are what runs, styles included.
+    typed_prompt: str | None = None
+    styles: tuple[str, ...] = ()
 
     @property
     def image_count(self) -> int:
         return len(self.seeds)
 
     @property
-    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None]:
+    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool]:
         """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength)
+        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile)
 
 
 class GenerationRecord(BaseModel):
@@ -155,6 +161,9 @@ class JobRow(BaseModel):
     source_index: int | None
     source_path: str | None
     return_flagged: bool
+    tile: bool = False
+    typed_prompt: str | None = None
+    styles: list[str] = Field(default_factory=list)
     status: JobStatus
     status_reason: str | None
     created_at: float
@@ -185,6 +194,9 @@ class JobRow(BaseModel):
             strength=self.strength,
             source_image=source_image,
             return_flagged=self.return_flagged,
+            tile=self.tile,
+            typed_prompt=self.typed_prompt,
+            styles=tuple(self.styles),
         )
 
 

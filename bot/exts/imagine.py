@@ -17,7 +17,7 @@ class Imagine(commands.Cog):
     def __init__(self, bot: SDBot) -> None:
         self.bot = bot
 
-    @app_commands.command(description="Make images from a text prompt")
+    @app_commands.command(description="Make images from a text prompt (A1111 weights, --ar, --no, {a, b} work)")
     @app_commands.guild_only()
     @app_commands.describe(
         prompt="What to draw",
@@ -26,7 +26,8 @@ class Imagine(commands.Cog):
         count="How many images (1-4)",
         steps="Denoising steps (more is slower, sometimes better)",
         guidance="How closely to follow the prompt (CFG scale; 0 for turbo models)",
-        aspect="Shape of the images",
+        aspect="Shape of the images (or type --ar 16:9 in the prompt)",
+        style="Up to 3 styles from the server's list, separated by commas",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -38,12 +39,22 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
         steps: app_commands.Range[int, 1, 500] | None = None,
         guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
-        aspect: str = "1:1",
+        aspect: str | None = None,
+        style: app_commands.Range[str, 0, 300] | None = None,
     ) -> None:
         await self.bot.admission.imagine(
             interaction, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
-            guidance=guidance, aspect=aspect,
+            guidance=guidance, aspect=aspect, style=style,
         )
+
+    @imagine.autocomplete("style")
+    async def _style_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        # Discord takes choice names and values of at most 100 characters.
+        return [
+            app_commands.Choice(name=choice, value=choice)
+            for choice in self.bot.admission.style_choices(current)
+            if len(choice) <= 100
+        ]
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -25,7 +25,8 @@ class Jobs(commands.Cog):
     async def job(self, interaction: discord.Interaction, id: app_commands.Range[int, 1]) -> None:  # noqa: A002
         found = await self.bot.admission.find_job(interaction, id)
         images = await self.bot.store.images(found.id)
-        await interaction.response.send_message(embed=render.record_embed(found, images), ephemeral=True)
+        tokens = self.bot.admission.token_count(found)
+        await interaction.response.send_message(embed=render.record_embed(found, images, tokens), ephemeral=True)
 
     @app_commands.command(description="Your recent jobs (moderators: anyone's)")
     @app_commands.guild_only()

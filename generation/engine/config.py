@@ -18,6 +18,8 @@ class EngineConfig(BaseModel):
     upscaler_model_id: str
     device: str = "auto"
     torch_compile: bool = False
+    # The token cap of prompt encoding (checked again here for callers that could not count).
+    max_prompt_tokens: int = 450
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:

@@ -12,6 +12,7 @@ at most 1 level of 255 on any pixel channel, often 0. tests/test_engine.py asser
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -47,8 +48,11 @@ from generation.engine.png_metadata import (
     a1111_sampler,
     encode_for_upload,
 )
+from generation.engine.prompt_embeds import PromptTooLong, count_tokens, encode_batch
 from generation.engine.safety import SafetyChecker, SafetyVerdict
+from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
+from generation.prompt_syntax import PromptSyntaxError
 from sdbot.types import (
     GeneratedImage,
     GenerationParams,
@@ -165,6 +169,13 @@ class DiffusionEngine:
         pipe = self._loaded_text2img().pipe
         return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
+    def token_counter(self) -> Callable[[str], int]:
+        """A1111's token count of a prompt (raises PromptSyntaxError for refused syntax), for
+        checks before a job is queued. It has its own copy of the tokenizer: a fast tokenizer must
+        not be used by two threads at once, and the worker thread encodes with the pipeline's."""
+        tokenizer = copy.deepcopy(self._loaded_text2img().pipe.tokenizer)
+        return lambda text: count_tokens(tokenizer, text)
+
     @property
     def text2img_pipeline(self) -> Any:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
@@ -235,21 +246,8 @@ class DiffusionEngine:
                     f"steps raised from {params.steps} to {steps} so that strength {params.strength:g} "
                     "leaves at least one denoising step"
                 )
-        texts = [("prompt", params.prompt)]
         if params.negative_prompt and params.guidance <= 1.0:
             job.warnings.append("the negative prompt has no effect at a guidance (CFG scale) of 1 or less")
-        elif params.negative_prompt:
-            texts.append(("negative prompt", params.negative_prompt))
-        tokenizer = self._loaded_text2img().pipe.tokenizer
-        for label, text in texts:
-            ids = tokenizer(text, truncation=False, verbose=False).input_ids  # with start and end tokens
-            limit = tokenizer.model_max_length
-            if len(ids) > limit:
-                dropped = tokenizer.decode(ids[limit - 1 : -1]).strip()
-                job.warnings.append(
-                    f"the {label} is {len(ids) - 2} tokens long and the text encoder reads only the first "
-                    f"{limit - 2}, so this end was ignored: \u201c{dropped}\u201d"
-                )
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -306,19 +304,39 @@ class DiffusionEngine:
                 raise _Stop
             return {}
 
-        images = pipe(
-            prompt=_per_image(jobs, lambda job: job.params.prompt),
-            negative_prompt=_per_image(jobs, lambda job: job.params.negative_prompt),
-            num_inference_steps=steps,
-            guidance_scale=params.guidance,
-            generator=_generators(jobs),
-            callback_on_step_end=step_end,
-            output_type="pil",
-            **shape_args,
-        ).images
-        return _Produced(
-            images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, _sampler(pipe)
-        )
+        prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
+        # Set for every batch, never left on: text2img and img2img share the UNet and VAE.
+        set_seamless(pipe, params.tile)
+        try:
+            images = pipe(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=steps,
+                guidance_scale=params.guidance,
+                generator=_generators(jobs),
+                callback_on_step_end=step_end,
+                output_type="pil",
+                **shape_args,
+            ).images
+        finally:
+            set_seamless(pipe, False)
+        extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}
+        return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
+
+    def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A1111 weights and long prompts, one embedding per image; negatives only where the
+        pipeline reads them (guidance above 1). Requests are checked before they are queued; this
+        refuses what a caller without a token counter let through."""
+        guided = jobs[0].params.guidance > 1.0  # the whole batch shares its guidance
+        try:
+            return encode_batch(
+                pipe,
+                _per_image(jobs, lambda job: job.params.prompt),
+                _per_image(jobs, lambda job: job.params.negative_prompt) if guided else None,
+                max_tokens=self.config.max_prompt_tokens,
+            )
+        except (PromptSyntaxError, PromptTooLong) as error:
+            raise InvalidRequest(str(error)) from None
 
     def _upscale(
         self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
@@ -396,6 +414,10 @@ class DiffusionEngine:
             extra["device_name"] = self._device_name
         if params.source_image:
             extra["source_sha256"] = hashlib.sha256(params.source_image).hexdigest()[:16]
+        if params.styles:
+            extra["styles"] = list(params.styles)
+        if params.typed_prompt is not None and params.typed_prompt != params.prompt:
+            extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,

@@ -73,6 +73,8 @@ def format_parameters(record: GenerationRecord) -> str:
         settings["Denoising strength"] = record.strength
     if "upscaler" in record.extra:
         settings["Upscaler"] = record.extra["upscaler"]
+    if record.extra.get("tile"):
+        settings["Tiling"] = "True"  # A1111's own key
     lines = [record.prompt]
     if record.negative_prompt:
         lines.append(f"{_NEGATIVE_PREFIX} {record.negative_prompt}")

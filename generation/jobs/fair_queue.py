@@ -107,16 +107,22 @@ class FairQueue(Generic[T]):
 
     # Admission
 
-    def check_can_submit(self, flow: Flow) -> None:
-        """Raise QueueRefused, with a reason fit for the user, if `flow` may not queue a job now."""
+    def check_can_submit(self, flow: Flow, count: int = 1) -> None:
+        """Raise QueueRefused, with a reason fit for the user, if `flow` may not queue `count` more
+        jobs now (one request can make several)."""
         state = self._flows.get(flow)
         queued = len(state.jobs) if state else 0
+        if count > 1 and queued + count > self.max_per_flow:
+            raise QueueRefused(
+                f"this request makes {count} jobs and you have {queued} queued; "
+                f"at most {self.max_per_flow} can wait at once"
+            )
         if queued >= self.max_per_flow:
             jobs = "job" if queued == 1 else "jobs"
             raise QueueRefused(
                 f"you already have {queued} {jobs} queued; wait for one to finish or /cancel one"
             )
-        if len(self._where) >= self.capacity:
+        if len(self._where) + count > self.capacity:
             raise QueueRefused(f"the queue is full ({self.capacity} jobs); try again in a few minutes")
 
     def submit(self, job: QueuedJob[T], *, bypass_limits: bool = False) -> None:

@@ -78,9 +78,9 @@ class JobScheduler:
         for runner in self._runners:
             runner.close()
 
-    def check_can_submit(self, flow: Flow) -> None:
-        """Raise QueueRefused if the member may not queue a job now (check before charging)."""
-        self._queue.check_can_submit(flow)
+    def check_can_submit(self, flow: Flow, count: int = 1) -> None:
+        """Raise QueueRefused if the member may not queue `count` jobs now (check before charging)."""
+        self._queue.check_can_submit(flow, count)
 
     async def submit(self, new_job: NewJob) -> SubmitReceipt:
         """Store, charge and queue a job. Raises QueueRefused or QuotaExceeded with nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.cli import _imagine_params, imagine_to_files
+from bot.cli import _imagine_batches, imagine_to_files
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths
@@ -98,14 +99,34 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
 def test_imagine_to_files_writes_pngs_with_consecutive_seeds(
     tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths, tmp_path: Path
 ) -> None:
-    args = argparse.Namespace(prompt="a tiny robot", negative="", seed=4294967295, count=2, steps=2, guidance=None)
+    args = argparse.Namespace(
+        prompt="a tiny robot", negative="", seed=4294967295, count=2, steps=2, guidance=None, width=None, height=None
+    )
     limits = RequestLimits.from_settings(tiny_models.settings())
-    files = imagine_to_files(tiny_engine, [_imagine_params(args, limits, 64, 64)], tmp_path / "out")
+    batches, _ = _imagine_batches(args, limits, 64, tiny_engine.token_counter())
+    files = imagine_to_files(tiny_engine, batches, tmp_path / "out")
     assert [seed for _, seed in files] == [4294967295, 0]  # wraps around the seed range
     for path, seed in files:
         parameters = parse_parameters(Image.open(path).text["parameters"])
         assert (parameters["prompt"], parameters["seed"], parameters["steps"]) == ("a tiny robot", seed, 2)
         assert (parameters["width"], parameters["height"]) == (64, 64)
+
+
+def test_imagine_reads_the_prompt_language(tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths, tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        prompt="a {red, green} robot --ar 2:1 --tile", negative="", seed=3, count=1, steps=2, guidance=None,
+        width=None, height=None,
+    )
+    limits = RequestLimits.from_settings(tiny_models.settings())
+    batches, notes = _imagine_batches(args, limits, 64, tiny_engine.token_counter())
+    assert [(b.prompt, b.width, b.height, b.tile) for b in batches] == [
+        ("a red robot", 128, 64, True), ("a green robot", 128, 64, True)
+    ]
+    assert notes == ()
+    files = imagine_to_files(tiny_engine, batches, tmp_path / "out")
+    assert len({path for path, _ in files}) == 2  # same seed, different prompts: two files
+    assert [Image.open(path).size for path, _ in files] == [(128, 64), (128, 64)]
+    assert "Tiling: True" in Image.open(files[0][0]).text["parameters"]
 
 
 def test_imagine_refuses_bad_arguments_before_loading_the_model(tmp_path: Path) -> None:
@@ -129,8 +150,9 @@ def test_imagine_refuses_what_the_bot_refuses(tmp_path: Path) -> None:
 def test_imagine_seed_minus_one_or_empty_is_random(tiny_models: TinyModelPaths) -> None:
     limits = RequestLimits.from_settings(tiny_models.settings())
     for seed in (-1, None):
-        args = argparse.Namespace(prompt="x", negative="", seed=seed, count=4, steps=1, guidance=None)
-        params = _imagine_params(args, limits, 64, 64)
+        args = argparse.Namespace(prompt="x", negative="", seed=seed, count=4, steps=1, guidance=None,
+                                  width=None, height=None)
+        [params], _ = _imagine_batches(args, limits, 64)
         assert all(0 <= s <= 4294967295 for s in params.seeds) and len(set(params.seeds)) > 1
 
 
@@ -179,3 +201,23 @@ async def test_prune_and_backup_on_the_command_line(tmp_path: Path) -> None:
         assert copy.execute("SELECT count(*) FROM images WHERE pruned_at IS NOT NULL").fetchone() == (1,)
     missing = sdbot("backup", "x.sqlite3", env={"SDBOT_DATABASE_PATH": "nowhere.sqlite3"}, cwd=tmp_path)
     assert missing.returncode == 1 and "no database" in missing.stderr
+
+
+def test_parse_prompt_shows_flags_weights_and_token_chunks(tmp_path: Path, tiny_models: TinyModelPaths) -> None:
+    env = {"SDBOT_MODEL_ID": str(tiny_models.pipeline)}
+    result = sdbot("parse-prompt", "an (important) word, {red, green} --ar 16:9 --tile", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)
+    assert reading["flags"] == {"ar": "16:9", "tile": ""}
+    first, second = reading["prompts"]
+    # A1111's documented reading of this example, then the permutation's text at weight 1.
+    assert first["fragments"] == [["an ", 1.0], ["important", 1.1], [" word, red", 1.0]]
+    assert second["text"] == "an (important) word, green"
+    assert first["chunks"] == [len("animportantword,red")] == [first["tokens"]]  # tiny tokenizer: a token per letter
+
+    text = sdbot("parse-prompt", "a BREAK b", env={"SDBOT_MODEL_ID": str(tmp_path / "absent")}, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert '[["a", 1.0], ["BREAK", -1.0], ["b", 1.0]]' in text.stdout and "not on this machine" in text.stdout
+
+    refused = sdbot("parse-prompt", "a [cat:dog:0.5]", env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "prompt editing" in refused.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,6 +13,7 @@ from generation import requests
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import BlockedPrompt, InvalidRequest
 from generation.requests import RequestLimits
+from generation.styles import load_styles
 from sdbot.types import GenerationParams, PipelineKind
 from tests.fakes.params import never, text2img
 
@@ -100,7 +103,7 @@ def test_text_is_normalised_before_it_is_checked(typed: str, meant: str) -> None
 
 
 def test_an_invisible_prompt_is_empty() -> None:
-    params = requests.imagine(LIMITS, prompt="\u200b\u200b \u2060", width=64, height=64)
+    (params,) = requests.imagine(LIMITS, prompt="\u200b\u200b \u2060", native_size=64).jobs
     with pytest.raises(InvalidRequest, match="the prompt is empty"):
         requests.validate(params, LIMITS)
 
@@ -124,7 +127,7 @@ def test_an_unknown_aspect_is_refused() -> None:
 
 def test_imagine_uses_the_operators_defaults() -> None:
     limits = RequestLimits(default_steps=7, default_guidance=3.5, max_count=2)
-    params = requests.imagine(limits, prompt=" a  fox ", seed=10, width=64, height=64)
+    (params,) = requests.imagine(limits, prompt=" a  fox ", seed=10, native_size=64).jobs
     assert (params.prompt, params.seeds, params.steps, params.guidance) == ("a fox", (10, 11), 7, 3.5)
 
 
@@ -136,9 +139,115 @@ def test_upscale_sizes_go_down_to_multiples_of_64() -> None:
 @pytest.mark.parametrize("seed", [-2, 2**32, 2**70])
 def test_seeds_outside_the_32_bit_range_are_refused_not_wrapped(seed: int) -> None:
     with pytest.raises(InvalidRequest, match=rf"seed must be between 0 and 4294967295, or -1 .*\(got {seed}\)"):
-        requests.imagine(LIMITS, prompt="a cat", seed=seed, width=64, height=64)
+        requests.imagine(LIMITS, prompt="a cat", seed=seed, native_size=64)
 
 
 def test_seed_minus_one_is_random_as_in_a1111() -> None:
-    drawn = {requests.imagine(LIMITS, prompt="a cat", seed=-1, count=1, width=64, height=64).seeds[0] for _ in range(5)}
+    drawn = {requests.imagine(LIMITS, prompt="a cat --repeat 2", seed=-1, count=1, native_size=64).jobs[1].seeds[0]
+             for _ in range(5)}
     assert len(drawn) > 1 and all(0 <= seed <= 4294967295 for seed in drawn)
+
+
+# The prompt language: inline flags, permutations, styles, weights and the token cap
+
+
+def test_inline_flags_are_taken_out_of_the_prompt_and_applied() -> None:
+    typed = "a castle at dusk --ar 16:9 --no text, people --seed 42 --steps 3 --tile"
+    imagined = requests.imagine(LIMITS, prompt=typed, native_size=512, count=2)
+    (params,) = imagined.jobs
+    assert params.prompt == "a castle at dusk" and params.negative_prompt == "text, people"
+    assert (params.width, params.height, params.seeds, params.steps, params.tile) == (704, 384, (42, 43), 3, True)
+    assert params.typed_prompt == typed and imagined.notes == ()
+
+
+def test_explicit_options_win_over_inline_flags_and_say_so() -> None:
+    imagined = requests.imagine(
+        LIMITS, prompt="a fox --seed 5 --steps 9 --ar 2:1 --no snow", native_size=512,
+        seed=7, steps=2, aspect="1:1", negative="rain",
+    )
+    (params,) = imagined.jobs
+    assert (params.seeds[0], params.steps, params.width, params.height) == (7, 2, 512, 512)
+    assert params.negative_prompt == "rain, snow"  # --no adds to the negative option
+    assert imagined.notes == (
+        "the `seed` option was used instead of `--seed 5` in the prompt",
+        "the `steps` option was used instead of `--steps 9` in the prompt",
+        "the `aspect` option was used instead of `--ar 2:1` in the prompt",
+    )
+
+
+@pytest.mark.parametrize(
+    ("ratio", "native", "size"),
+    [("16:9", 512, (704, 384)), ("4:1", 512, (1024, 256)), ("9:16", 512, (384, 704)), ("16:9", 64, (128, 64))],
+)
+def test_inline_aspect_keeps_the_pixel_count_and_a_wider_shape(ratio: str, native: int, size: tuple[int, int]) -> None:
+    (params,) = requests.imagine(LIMITS, prompt=f"a road --ar {ratio}", native_size=native).jobs
+    assert (params.width, params.height) == size
+    requests.validate(params, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a road --ar 100:1", r"--ar 100:1 would need \d+x64 pixels; the longest side allowed is 1024"),
+        ("a road --ar 16/9", "--ar needs a ratio of whole numbers like 16:9"),
+        ("a road --quality 2", "--quality is not a flag this bot knows; the flags are --ar"),
+        ("a road --repeat 50", r"this prompt makes 50 jobs \(1 prompt\(s\) x --repeat 50\); the limit is 4"),
+        ("a {red, green, blue} road --repeat 2", "makes 6 jobs"),
+        ("a {a, b, c, d, e} road", r"these \{...\} choices make 5 prompts; the limit is 4"),
+        ("a {red, green road", "is never closed"),
+    ],
+)
+def test_bad_prompt_language_is_refused_before_any_job(prompt: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        requests.imagine(LIMITS, prompt=prompt, native_size=512)
+
+
+def test_permutations_and_repeats_make_one_job_each() -> None:
+    imagined = requests.imagine(LIMITS, prompt="a {red, green} bird --repeat 2", native_size=64, seed=10, count=2)
+    assert [job.prompt for job in imagined.jobs] == ["a red bird", "a green bird"] * 2
+    # With a seed the combinations share seeds (to compare them); each repeat continues the sequence.
+    assert [job.seeds for job in imagined.jobs] == [(10, 11), (10, 11), (12, 13), (12, 13)]
+    assert {job.typed_prompt for job in imagined.jobs} == {"a {red, green} bird --repeat 2"}
+
+
+def test_styles_are_applied_in_order_and_recorded() -> None:
+    catalogue = load_styles(Path(__file__).parents[2] / "styles.example.csv")
+    styles = requests.pick_styles(catalogue, "watercolor, MINIMALIST")
+    assert [style.name for style in styles] == ["Watercolor", "Minimalist"]
+    (params,) = requests.imagine(LIMITS, prompt="a fox --no snow", native_size=64, styles=styles).jobs
+    assert params.prompt.startswith("minimalist composition of watercolor painting of a fox, loose")
+    assert params.negative_prompt.startswith("snow, photo, 3d render")
+    assert params.styles == ("Watercolor", "Minimalist") and params.typed_prompt == "a fox --no snow"
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [("Oil painting, Nope", "there is no style called “Nope”"), ("Photo, Anime, Pixel art, Cinematic", "at most 3")],
+)
+def test_unknown_or_too_many_styles_are_refused(typed: str, message: str) -> None:
+    catalogue = load_styles(Path(__file__).parents[2] / "styles.example.csv")
+    with pytest.raises(InvalidRequest, match=message):
+        requests.pick_styles(catalogue, typed)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (text2img("a (cat:12) on a mat"), "in the prompt, the weight 12 on “cat” is outside 0 to 10"),
+        (text2img("a [cat:dog:0.5]"), "in the prompt, prompt editing like"),
+        (text2img("a cat AND a dog"), "in the prompt, “AND” in capitals"),
+        (text2img("a cat", negative_prompt="(ugly:-1)"), "in the negative prompt, the weight -1"),
+        (text2img("a cat <lora:pixel-art:0.8>"), "in the prompt, there is no LoRA called “pixel-art”"),
+    ],
+)
+def test_refused_weight_syntax_is_an_invalid_request(params: GenerationParams, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        requests.validate(params, LIMITS)
+
+
+def test_the_token_cap_counts_with_the_models_tokenizer(tiny_engine: DiffusionEngine) -> None:
+    count = tiny_engine.token_counter()
+    limits = RequestLimits(max_prompt_tokens=100)
+    requests.validate(text2img("a (castle:1.3) " * 10), limits, count)  # 70 tokens: letters, not brackets
+    with pytest.raises(InvalidRequest, match="the prompt is 108 tokens long; the limit is 100"):
+        requests.validate(text2img("castle " * 18), limits, count)

@@ -60,11 +60,19 @@ async def test_upgrade_from_the_first_version_keeps_the_data(tmp_path: Path) -> 
     (first_only / "0001_initial.sql").write_text((bundled_migrations_dir() / "0001_initial.sql").read_text())
     path = tmp_path / "db.sqlite3"
     old = await Store.open(path, migrations_dir=first_only)
-    job = await old.create_job(new_job())
     await old.close()
+    with sqlite3.connect(path) as db:  # a job as the first version wrote it (today's code writes more columns)
+        db.execute(
+            """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt, seeds, steps,
+                   guidance, width, height, model_id, created_at)
+               VALUES ('imagine', 'text2img', ?, 1, ?, 'a cat', '[5]', 2, 0.0, 64, 64, 'tiny', 1.0)""",
+            (GUILD, USER),
+        )
     upgraded = await Store.open(path)
     assert await upgraded.schema_version() == len(list(bundled_migrations_dir().glob("*.sql"))) > 1
-    assert await upgraded.get_job(job.id) == job
+    job = await upgraded.get_job(1)
+    assert job is not None and (job.prompt, job.seeds, job.user_id) == ("a cat", [5], USER)
+    assert (job.tile, job.typed_prompt, job.styles) == (False, None, [])
     await upgraded.set_queue_share(GUILD, MOD, USER, 2.0)
     assert await upgraded.queue_shares() == {(GUILD, USER): 2.0}
     await upgraded.close()

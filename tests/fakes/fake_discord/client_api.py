@@ -324,6 +324,25 @@ class FakeDiscord:
             data["guild_id"] = str(self.guild.id)
         return self._interaction(2, user, channel, data, locale=locale)
 
+    async def autocomplete(self, user: FakeMember, name: str, focused: str, /, **values: Any) -> list[dict[str, Any]]:
+        """The choices the bot offers for option ``focused`` of /``name`` while ``values`` are typed
+        (an autocomplete interaction, type 4: partial values, no checks of required options)."""
+        guild_command = self.synced_commands(guild=True).get(name)
+        command = guild_command or self.synced_commands().get(name)
+        if command is None:
+            raise FakeDiscordUsageError(f"/{name} was never synced")
+        types = {d["name"]: d["type"] for d in command.get("options") or []}
+        options = [
+            {"name": key, "type": types[key], "value": value, **({"focused": True} if key == focused else {})}
+            for key, value in values.items()
+        ]
+        data: dict[str, Any] = {"id": command["id"], "name": command["name"], "type": 1, "options": options}
+        if guild_command is not None:
+            data["guild_id"] = str(self.guild.id)
+        handle = self._interaction(4, user, self.channel(), data)
+        assert await handle.wait_response() == 8
+        return handle.autocomplete_choices or []
+
     def _check_command_access(self, command: dict[str, Any], user: FakeMember, channel: FakeChannel) -> None:
         perms = self.guild.permissions_for(user)
         required = command.get("default_member_permissions")

@@ -96,12 +96,52 @@ def test_should_stop_cancels_between_steps(tiny_engine: DiffusionEngine) -> None
         tiny_engine.run_batch([text2img()], ignore_steps, lambda: True)
 
 
-def test_prompt_over_77_tokens_is_truncated_with_a_warning(tiny_engine: DiffusionEngine) -> None:
-    prompt = "a very detailed painting of a castle " * 4  # the tiny tokenizer: one token per letter
-    (output,) = tiny_engine.run_batch([text2img(prompt)], ignore_steps, never)
-    assert len(output.images) == 1
-    (warning,) = output.warnings
-    assert "tokens long" in warning and "reads only the first 75" in warning and "castle" in warning
+def _image(engine: DiffusionEngine, prompt: str, **fields: object) -> GeneratedImage:
+    (output,) = engine.run_batch([text2img(prompt, seeds=(3,), **fields)], ignore_steps, never)
+    return output.images[0]
+
+
+def test_weight_one_is_the_plain_prompt_and_other_weights_change_the_image(tiny_engine: DiffusionEngine) -> None:
+    plain = pixels(_image(tiny_engine, "a red bird"))
+    assert np.array_equal(pixels(_image(tiny_engine, "a (red:1.0) bird")), plain)
+    assert np.abs(pixels(_image(tiny_engine, "a (red:1.6) bird")) - plain).max() > 0
+    assert np.abs(pixels(_image(tiny_engine, "a [red] bird")) - plain).max() > 0
+
+
+def test_words_past_the_77th_token_change_the_image_without_a_warning(tiny_engine: DiffusionEngine) -> None:
+    head = "a very detailed painting of a castle " * 3  # the tiny tokenizer: one token per letter
+    assert len(head) > 77
+    short, long = _image(tiny_engine, head.strip()), _image(tiny_engine, head + "at night under the moon")
+    assert np.abs(pixels(long) - pixels(short)).max() > 0
+    (output,) = tiny_engine.run_batch([text2img(head + "at night")], ignore_steps, never)
+    assert output.warnings == []
+
+
+def test_too_many_tokens_or_refused_syntax_is_an_invalid_request(tiny_engine: DiffusionEngine) -> None:
+    with pytest.raises(InvalidRequest, match=r"the prompt is \d+ tokens long; the limit is 450"):
+        tiny_engine.run_batch([text2img("castle " * 80)], ignore_steps, never)
+    with pytest.raises(InvalidRequest, match="prompt editing"):
+        tiny_engine.run_batch([text2img("a [cat:dog:0.5]")], ignore_steps, never)
+    count = tiny_engine.token_counter()
+    assert count("a (red:1.5) bird") == count("a red bird") == len("aredbird")
+
+
+def test_tile_makes_opposite_edges_continue_and_is_recorded(tiny_engine: DiffusionEngine) -> None:
+    plain = _image(tiny_engine, "stone wall texture")
+    tiled = _image(tiny_engine, "stone wall texture", tile=True)
+
+    def seam(image: GeneratedImage) -> float:
+        """How much the wrap-around edges differ, against neighbouring columns and rows inside."""
+        p = pixels(image)
+        across = np.abs(p[:, 0] - p[:, -1]).mean() + np.abs(p[0] - p[-1]).mean()
+        inside = np.abs(p[:, 1] - p[:, 0]).mean() + np.abs(p[1] - p[0]).mean()
+        return float(across / inside)
+
+    assert seam(tiled) < seam(plain)
+    assert tiled.record.extra["tile"] is True and "tile" not in plain.record.extra
+    assert "Tiling: True" in (Image.open(BytesIO(tiled.data or b"")).text["parameters"])
+    # Tiling is switched off again: the next plain job is unchanged.
+    assert np.array_equal(pixels(_image(tiny_engine, "stone wall texture")), pixels(plain))
 
 
 def test_negative_prompt_without_guidance_gets_a_warning(tiny_engine: DiffusionEngine) -> None:
