@@ -214,9 +214,15 @@ async def test_jobs_ended_before_delivery_was_tracked_are_not_posted_again(tmp_p
         (before / name).write_text((bundled_migrations_dir() / name).read_text())
     path = tmp_path / "db.sqlite3"
     old = await Store.open(path, migrations_dir=before)
-    ended = await old.create_job(new_job())
-    await old.finish_job(ended.id, [])
     await old.close()
+    with sqlite3.connect(path) as db:  # a job that ended under the version before delivery tracking
+        db.execute(
+            """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt, seeds, steps,
+                   guidance, width, height, model_id, created_at, status, finished_at)
+               VALUES ('imagine', 'text2img', ?, 1, ?, 'a cat', '[5]', 2, 0.0, 64, 64, 'tiny', 1.0, 'done', 2.0)""",
+            (GUILD, USER),
+        )
     upgraded = await Store.open(path)
+    assert [job.status for job in await upgraded.jobs_with_status(JobStatus.DONE)] == [JobStatus.DONE]
     assert await upgraded.undelivered_jobs() == []
     await upgraded.close()
