@@ -16,6 +16,7 @@ import discord
 
 from bot.admission import ModelInfo
 from bot.client import SDBot
+from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
@@ -86,7 +87,18 @@ async def _serve(settings: Settings, engine: DiffusionEngine | None) -> None:
             # A clean stop: the worker finishes or re-queues its batch before the bot disconnects.
             loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
         assert settings.discord_token is not None
+        warm_up = _start_warm_up(settings, engine)  # referenced, so the task is not collected
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())
     finally:
         await store.close()
+
+
+def _start_warm_up(settings: Settings, engine: DiffusionEngine | None) -> asyncio.Task[None] | None:
+    """Compile every batch bucket at the native size off the loop while the bot already answers
+    (jobs wait on the engine's lock meanwhile). A no-op unless the engine is compiled."""
+    if engine is None:
+        return None
+    most_images = max(settings.max_batch, settings.max_count)  # one job alone can exceed max_batch
+    sizes, buckets = [engine.native_size], buckets_up_to(most_images)
+    return asyncio.create_task(asyncio.to_thread(engine.warm_up, sizes, buckets, settings.default_guidance))

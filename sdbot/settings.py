@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     safety_checker: bool = True
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
     device: str = "auto"
-    torch_compile: bool = False
+    # GPU fast path (README: "GPU speed"); auto = on where the device is CUDA.
+    compile: Literal["auto", "on", "off"] = "auto"
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    torch_compile: bool | None = None  # old name of SDBOT_COMPILE: true = on, false = off
 
     # Storage
     database_path: Path = Path("data/sdbot.sqlite3")
@@ -77,6 +80,12 @@ class Settings(BaseSettings):
         if value.split(":")[0] not in {"auto", "cuda", "mps", "cpu"}:
             raise ValueError("must be auto, cuda, cuda:N, mps or cpu")
         return value
+
+    @model_validator(mode="after")
+    def _old_compile_name(self) -> Settings:
+        if self.torch_compile is not None and "compile" not in self.model_fields_set:
+            self.compile = "on" if self.torch_compile else "off"
+        return self
 
     @model_validator(mode="after")
     def _sizes_consistent(self) -> Settings:

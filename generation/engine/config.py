@@ -3,6 +3,8 @@ never sees the whole `Settings`."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from sdbot.settings import Settings
@@ -17,7 +19,10 @@ class EngineConfig(BaseModel):
     safety_checker: bool = True
     upscaler_model_id: str
     device: str = "auto"
-    torch_compile: bool = False
+    compile: Literal["auto", "on", "off"] = "auto"
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    # Not a setting: tests trace with "eager" (dynamo's guards, no C++ build) to check recompiles.
+    compile_backend: str = "inductor"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:

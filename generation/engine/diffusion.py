@@ -26,6 +26,7 @@ import torch
 import transformers
 from PIL import Image
 
+from generation.engine.buckets import bucket_for, pad_per_image
 from generation.engine.config import EngineConfig
 from generation.engine.devices import (
     dtype_for,
@@ -157,6 +158,28 @@ class DiffusionEngine:
     def text2img_pipeline(self) -> Any:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
         return self._loaded_text2img().pipe
+
+    def warm_up(self, sizes: Sequence[int], buckets: Sequence[int], guidance: float = 0.0) -> None:
+        """Run every (size, batch bucket) once, so that a compiled engine builds its graphs before
+        a member waits for them; a no-op when nothing is compiled."""
+        with self._lock:
+            loaded = self._loaded_text2img()
+            if not loaded.fast_path.compiled:
+                return
+            for size in sizes:
+                for bucket in buckets:
+                    log.info("warming up: %dx%d, batch of %d", size, size, bucket)
+                    started = time.perf_counter()
+                    with torch.inference_mode():
+                        loaded.pipe(
+                            prompt=["warming up"] * bucket,
+                            num_inference_steps=1,
+                            guidance_scale=guidance,
+                            width=size,
+                            height=size,
+                            output_type="pil",
+                        )
+                    log.info("warmed up %dx%d x%d in %.1f s", size, size, bucket, time.perf_counter() - started)
 
     def run_batch(
         self,
@@ -294,16 +317,22 @@ class DiffusionEngine:
                 raise _Stop
             return {}
 
+        per_image = {
+            "prompt": _per_image(jobs, lambda job: job.params.prompt),
+            "negative_prompt": _per_image(jobs, lambda job: job.params.negative_prompt),
+            "generator": _generators(jobs),
+            **shape_args,
+        }
+        count = len(per_image["prompt"])
+        # A compiled graph is built per batch size: pad to its bucket, drop the padding after.
+        size = bucket_for(count) if loaded.fast_path.compiled else count
         images = pipe(
-            prompt=_per_image(jobs, lambda job: job.params.prompt),
-            negative_prompt=_per_image(jobs, lambda job: job.params.negative_prompt),
             num_inference_steps=steps,
             guidance_scale=params.guidance,
-            generator=_generators(jobs),
             callback_on_step_end=step_end,
             output_type="pil",
-            **shape_args,
-        ).images
+            **pad_per_image(per_image, count, size),
+        ).images[:count]
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision)
 
     def _upscale(
