@@ -55,7 +55,8 @@ def apply_fast_path(pipe: Any, config: EngineConfig, device: torch.device) -> Fa
         model.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
         applied.append("channels_last")
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+    # Only the SDXL pipelines honour force_upcast (a whole fp32 VAE decode per call).
+    if "XL" in type(pipe).__name__ and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
         log.warning(
             "the VAE of %s asks for fp32 (force_upcast), so every decode is upcast; an fp16-fix VAE "
             "(madebyollin/sdxl-vae-fp16-fix for SDXL) avoids it",
