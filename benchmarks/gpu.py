@@ -255,8 +255,7 @@ def build_pipeline(shape: str, device: torch.device, dtype: torch.dtype) -> Any:
             components[name] = scheduler_class.from_config(_json(folder / name / "scheduler_config.json"))
         else:
             source = SHAPES_DIR / VAE[shape] if name == "vae" and shape in VAE else folder / name
-            with _building(device, dtype):
-                components[name] = _random_module(library, class_name, source / "config.json")
+            components[name] = _random_module(library, class_name, source / "config.json", device, dtype)
     pipeline_class = getattr(diffusers, index["_class_name"])
     extra = {"requires_safety_checker": False} if "safety_checker" in components else {}
     pipe = pipeline_class(**components, **extra)
@@ -278,13 +277,17 @@ def save_safety_checker(shape: str, folder: Path, device: torch.device, dtype: t
     CLIPImageProcessor.from_pretrained(source).save_pretrained(folder)
 
 
-def _random_module(library: str, class_name: str, config_path: Path) -> torch.nn.Module:
+def _random_module(library: str, class_name: str, config_path: Path, device: torch.device,
+                   dtype: torch.dtype) -> torch.nn.Module:
     module_class = getattr(diffusers if library == "diffusers" else transformers, class_name)
-    if library == "diffusers":
-        module = module_class.from_config(_json(config_path))
-    else:
-        module = module_class(module_class.config_class.from_json_file(config_path))
-    _randomise(module)
+    with _building(device, dtype):
+        if library == "diffusers":
+            module = module_class.from_config(_json(config_path))
+        else:
+            module = module_class(module_class.config_class.from_json_file(config_path))
+        _randomise(module)
+    if module.dtype != dtype:  # a class that pins a dtype of its own
+        module.to(dtype)
     return module.eval()
 
 
