@@ -57,3 +57,10 @@ def test_tiny_quick_run_reports_every_mode(tmp_path: Path, capsys: pytest.Captur
     assert all(0 < ratios[4][key] < 10 for key in ("c_over_a", "d_over_b"))
     table = capsys.readouterr().out
     assert "tiny | c_engine | 64 | 1 | 4 |" in table and "c_over_a" in table
+
+
+def test_flux_without_a_gpu_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    main(["--shape", "flux-schnell", "--device", "cpu", "--json", str(path)])
+    flux = json.loads(path.read_text())["shapes"]["flux-schnell"]
+    assert flux["rows"] == [] and flux["skipped"] == ["flux-schnell needs a CUDA GPU"]
