@@ -2,7 +2,7 @@
 benchmarks/shapes/ (no hub, no weights), timed four ways.
 
     python -m benchmarks.gpu                     # sd-turbo, sdxl-turbo, flux-schnell; < 8 min on one GPU
-    python -m benchmarks.gpu --quick             # sd-turbo 512x512, 1 step, batch 1 and 4; < 3 min
+    python -m benchmarks.gpu --quick             # sd-turbo 512x512, 1 step, batch 4; < 3 min
     python -m benchmarks.gpu --shape tiny --quick --device cpu   # CI smoke test of the code path
 
 Modes, per (shape, size, steps, batch), after warm-up:
@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,13 @@ from transformers import CLIPConfig, CLIPImageProcessor
 
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
-from generation.engine.fast_path import apply_fast_path, denoiser
+from generation.engine.fast_path import apply_fast_path
 from generation.engine.tiny_models import byte_tokenizer
 from generation.jobs.runners import LocalRunner
 from generation.jobs.scheduler import JobScheduler
 from sdbot.settings import Settings
 from sdbot.store import Store
-from sdbot.types import GenerationParams, ImageRow, JobKind, JobOutput, JobRow, NewJob, PipelineKind
+from sdbot.types import GenerationParams, ImageRow, JobKind, JobOutput, JobRow, JobStatus, NewJob, PipelineKind
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
 SHAPES = ("sd-turbo", "sdxl-turbo", "flux-schnell", "tiny")
@@ -86,8 +88,8 @@ class Grid:
 def grid(shape: str, quick: bool) -> Grid:
     if shape == "tiny":
         return Grid((64,), (1,), (1, 4) if quick else (1, 4, 8))
-    if quick:
-        return Grid((1024,) if shape == "flux-schnell" else (512,), (1,), (1, 4))
+    if quick:  # one compile per mode: the issue's headline point
+        return Grid((1024,) if shape == "flux-schnell" else (512,), (1,), (4,))
     sizes = (512,) if shape == "sd-turbo" else (512, 1024)
     return Grid(sizes, (1, 4), (1, 4, 8))
 
@@ -195,37 +197,23 @@ def _cannot_run(shape: str, device: torch.device) -> str | None:
 def _bench_shape(shape: str, points: Grid, device: torch.device, clock: Clock, args: argparse.Namespace,
                  report: Report) -> None:
     dtype = torch.float32 if device.type == "cpu" else HALF.get(shape, torch.float16)
-    pipe = build_pipeline(shape, device, dtype)
     config = _engine_config(shape, device, args.compile)
+    engine_reason = NO_ENGINE.get(shape)
     with tempfile.TemporaryDirectory(prefix=f"sdbot-gpu-{shape}-") as folder:
-        engine_reason = NO_ENGINE.get(shape)
-        if engine_reason is None:  # saved before the fast path changes the modules
-            _log(f"{shape}: saving for the engine in {folder}")
-            pipe.save_pretrained(Path(folder) / "pipeline")
-            save_safety_checker(shape, Path(folder) / "safety-checker", device, dtype)
-            config = config.model_copy(update={"model_id": str(Path(folder) / "pipeline"),
-                                               "safety_model_id": str(Path(folder) / "safety-checker")})
-        for size in points.sizes:
-            for steps in points.steps:
-                report.flops.append(_flops(pipe, size, steps))
-        for mode in ("a_bare_eager", "b_fast_path"):
-            if mode == "b_fast_path":
-                applied = apply_fast_path(pipe, config, device)
-                _log(f"{shape}: fast path {', '.join(applied.applied) or 'off'}")
-            for size, steps, batch in _points(points):
-                _row(report, clock, mode, size, steps, batch, device, lambda: _bare_call(pipe, size, steps, batch))
-        del pipe
-        gc.collect()
+        saved = None if engine_reason else Path(folder)
+        _bare_modes(shape, points, device, dtype, clock, config, saved, report)
+        gc.collect()  # the bare pipeline is gone: its memory is the engine's now
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if engine_reason is not None:
             report.skipped.append(f"modes c and d: {engine_reason}")
             return
-        engine = DiffusionEngine.load(config)
+        engine = DiffusionEngine.load(config.model_copy(update={
+            "model_id": str(Path(folder) / "pipeline"), "safety_model_id": str(Path(folder) / "safety-checker")}))
         for size, steps, batch in _points(points):
             jobs = _params(size, steps, batch)
             _row(report, clock, "c_engine", size, steps, batch, device,
-                 lambda: engine.run_batch(jobs, lambda step, total: None, lambda: False))
+                 partial(engine.run_batch, jobs, lambda step, total: None, lambda: False))
         for size, steps, batch in _points(points):
             if clock.out_of_time():
                 report.skipped.append(f"d_worker {size}px {steps} step(s) batch {batch}: time budget")
@@ -234,6 +222,26 @@ def _bench_shape(shape: str, points: Grid, device: torch.device, clock: Clock, a
             row = asyncio.run(_worker_row(engine, Path(folder), size, steps, batch, args.worker_rounds))
             report.rows.append(row | _peak(device))
             _log(f"d_worker {size}px {steps} step(s) batch {batch}: {row['images_per_s']} images/s")
+
+
+def _bare_modes(shape: str, points: Grid, device: torch.device, dtype: torch.dtype, clock: Clock,
+                config: EngineConfig, save_to: Path | None, report: Report) -> None:
+    """FLOPs, then modes a and b on one pipeline, saved first for the engine when `save_to` is given
+    (before the fast path changes its modules)."""
+    pipe = build_pipeline(shape, device, dtype)
+    if save_to is not None:
+        _log(f"{shape}: saving for the engine in {save_to}")
+        pipe.save_pretrained(save_to / "pipeline")
+        save_safety_checker(shape, save_to / "safety-checker", device, dtype)
+    for size in points.sizes:
+        for steps in points.steps:
+            report.flops.append(_flops(pipe, size, steps))
+    for mode in ("a_bare_eager", "b_fast_path"):
+        if mode == "b_fast_path":
+            applied = apply_fast_path(pipe, config, device)
+            _log(f"{shape}: fast path {', '.join(applied.applied) or 'off'}")
+        for size, steps, batch in _points(points):
+            _row(report, clock, mode, size, steps, batch, device, partial(_bare_call, pipe, size, steps, batch))
 
 
 def build_pipeline(shape: str, device: torch.device, dtype: torch.dtype) -> Any:
@@ -427,11 +435,11 @@ async def _worker_row(engine: DiffusionEngine, folder: Path, size: int, steps: i
     finally:
         await scheduler.stop(grace_s=1.0)
         await store.close()
-    failed = [job.id for _, job in listener.finished if job.status.value != "done"]
+    failed = [job.id for _, job in listener.finished if job.status != JobStatus.DONE]
     if failed:
         raise RuntimeError(f"the worker did not finish jobs {failed}")
     times = [moment for moment, _ in listener.finished][batch - 1 :: batch]  # each batch's last job
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    gaps = [later - earlier for earlier, later in pairwise(times)]
     return {"mode": "d_worker", "size": size, "steps": steps, "batch": batch,
             "images_per_s": round(batch * len(gaps) / (times[-1] - times[0]), 3), **_latency(gaps)}
 

@@ -325,13 +325,13 @@ class DiffusionEngine:
         }
         count = len(per_image["prompt"])
         # A compiled graph is built per batch size: pad to its bucket, drop the padding after.
-        size = bucket_for(count) if loaded.fast_path.compiled else count
+        bucket = bucket_for(count) if loaded.fast_path.compiled else count
         images = pipe(
             num_inference_steps=steps,
             guidance_scale=params.guidance,
             callback_on_step_end=step_end,
             output_type="pil",
-            **pad_per_image(per_image, count, size),
+            **pad_per_image(per_image, count, bucket),
         ).images[:count]
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision)
 
