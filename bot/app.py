@@ -17,6 +17,7 @@ import discord
 from bot.admission import ModelInfo
 from bot.client import SDBot
 from bot.ops_server import OpsServerError
+from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
@@ -89,7 +90,27 @@ async def _serve(settings: Settings) -> None:
             # A clean stop: the worker finishes or re-queues its batch before the bot disconnects.
             loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
         assert settings.discord_token is not None
+        warm_up = _start_warm_up(settings, engine)
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())
+        if warm_up is not None:
+            await warm_up  # its thread cannot be stopped; asyncio.run would wait for it anyway
     finally:
         await store.close()
+
+
+def _start_warm_up(settings: Settings, engine: DiffusionEngine | None) -> asyncio.Task[None] | None:
+    """Compile every batch bucket at the native size off the loop while the bot already answers
+    (jobs wait on the engine's lock meanwhile). A no-op unless the engine is compiled."""
+    if engine is None:
+        return None
+    most_images = max(settings.max_batch, settings.max_count)  # one job alone can exceed max_batch
+    sizes, buckets = [engine.native_size], buckets_up_to(most_images)
+
+    def warm_up() -> None:
+        try:
+            engine.warm_up(sizes, buckets, settings.default_guidance)
+        except Exception:  # noqa: BLE001 - the bot serves anyway; batches compile on first use
+            log.exception("the warm-up failed; each batch size compiles on its first use instead")
+
+    return asyncio.create_task(asyncio.to_thread(warm_up))

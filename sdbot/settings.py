@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     safety_checker: bool = True
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
     device: str = "auto"
-    torch_compile: bool = False
+    # GPU fast path (README: "GPU speed"); auto = on where the device is CUDA.
+    compile: Literal["auto", "on", "off"] = "auto"
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    torch_compile: bool | None = None  # old name of SDBOT_COMPILE: true = on, false = off
 
     # Storage
     database_path: Path = Path("data/sdbot.sqlite3")
@@ -105,6 +108,12 @@ class Settings(BaseSettings):
             return self.styles_file
         default = Path("styles.csv")
         return default if default.is_file() else None
+
+    @model_validator(mode="after")
+    def _old_compile_name(self) -> Settings:
+        if self.torch_compile is not None and "compile" not in self.model_fields_set:
+            self.compile = "on" if self.torch_compile else "off"
+        return self
 
     @model_validator(mode="after")
     def _sizes_consistent(self) -> Settings:

@@ -3,6 +3,8 @@ never sees the whole `Settings`."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from sdbot.settings import Settings
@@ -17,9 +19,12 @@ class EngineConfig(BaseModel):
     safety_checker: bool = True
     upscaler_model_id: str
     device: str = "auto"
-    torch_compile: bool = False
     # The token cap of prompt encoding (checked again here for callers that could not count).
     max_prompt_tokens: int = 450
+    compile: Literal["auto", "on", "off"] = "auto"
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    # Not a setting: tests trace with "eager" (dynamo's guards, no C++ build) to check recompiles.
+    compile_backend: str = "inductor"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:

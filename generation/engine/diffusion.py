@@ -27,6 +27,7 @@ import torch
 import transformers
 from PIL import Image
 
+from generation.engine.buckets import bucket_for, pad_per_image
 from generation.engine.config import EngineConfig
 from generation.engine.devices import (
     dtype_for,
@@ -181,6 +182,28 @@ class DiffusionEngine:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
         return self._loaded_text2img().pipe
 
+    def warm_up(self, sizes: Sequence[int], buckets: Sequence[int], guidance: float = 0.0) -> None:
+        """Run every (size, batch bucket) once, so that a compiled engine builds its graphs before
+        a member waits for them; a no-op when nothing is compiled."""
+        with self._lock:
+            loaded = self._loaded_text2img()
+            if not loaded.fast_path.compiled:
+                return
+            for size in sizes:
+                for bucket in buckets:
+                    log.info("warming up: %dx%d, batch of %d", size, size, bucket)
+                    started = time.perf_counter()
+                    with torch.inference_mode():
+                        loaded.pipe(
+                            prompt=["warming up"] * bucket,
+                            num_inference_steps=1,
+                            guidance_scale=guidance,
+                            width=size,
+                            height=size,
+                            output_type="pil",
+                        )
+                    log.info("warmed up %dx%d x%d in %.1f s", size, size, bucket, time.perf_counter() - started)
+
     def run_batch(
         self,
         batch: Sequence[GenerationParams],
@@ -305,19 +328,25 @@ class DiffusionEngine:
             return {}
 
         prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
+        per_image = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_embeds,
+            "generator": _generators(jobs),
+            **shape_args,
+        }
+        count = len(per_image["generator"])
+        # A compiled graph is built per batch size: pad to its bucket, drop the padding after.
+        bucket = bucket_for(count) if loaded.fast_path.compiled else count
         # Set for every batch, never left on: text2img and img2img share the UNet and VAE.
         set_seamless(pipe, params.tile)
         try:
             images = pipe(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
                 num_inference_steps=steps,
                 guidance_scale=params.guidance,
-                generator=_generators(jobs),
                 callback_on_step_end=step_end,
                 output_type="pil",
-                **shape_args,
-            ).images
+                **pad_per_image(per_image, count, bucket),
+            ).images[:count]
         finally:
             set_seamless(pipe, False)
         extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}

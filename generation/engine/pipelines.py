@@ -41,6 +41,7 @@ from transformers import CLIPImageProcessor
 
 from generation.engine.config import EngineConfig
 from generation.engine.devices import is_out_of_memory
+from generation.engine.fast_path import FastPath, apply_fast_path
 from generation.engine.safety import SafetyChecker
 from generation.errors import ModelLoadError
 from sdbot.settings import ENV_PREFIX
@@ -67,6 +68,7 @@ class LoadedPipeline:
     pipe: DiffusionPipeline
     model_id: str
     revision: str
+    fast_path: FastPath = FastPath(compiled=False, applied=())
 
 
 def load_text2img(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
@@ -82,12 +84,8 @@ def load_text2img(config: EngineConfig, device: torch.device, dtype: torch.dtype
     )
     _attempt(lambda: pipe.to(device), setting, config.model_id)
     pipe.set_progress_bar_config(disable=True)
-    if config.torch_compile:
-        if device.type == "cuda":
-            pipe.unet.compile()  # in place: the img2img pipeline shares this module
-        else:
-            log.warning("SDBOT_TORCH_COMPILE is ignored on %s: it only pays off on CUDA", device.type)
-    return LoadedPipeline(pipe, config.model_id, revision)
+    fast = _attempt(lambda: apply_fast_path(pipe, config, device), setting, config.model_id)
+    return LoadedPipeline(pipe, config.model_id, revision, fast)
 
 
 def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
@@ -99,7 +97,7 @@ def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
             f"could not use {_name('model_id')}={text2img.model_id!r} for variations: {_first_line(error)}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, text2img.model_id, text2img.revision)
+    return LoadedPipeline(pipe, text2img.model_id, text2img.revision, text2img.fast_path)
 
 
 def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:

@@ -188,7 +188,7 @@ def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_eve
     return Path(directory)
 
 
-def _tokenizer() -> CLIPTokenizer:
+def byte_tokenizer() -> CLIPTokenizer:
     # One token per byte (and per byte at a word end), plus CLIP's start and end tokens.
     symbols = list(bytes_to_unicode().values())
     vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
@@ -198,7 +198,7 @@ def _tokenizer() -> CLIPTokenizer:
 
 
 def _text_config(shape: ModelShape) -> CLIPTextConfig:
-    vocab_size = 2 * 256 + 2  # matches _tokenizer()
+    vocab_size = 2 * 256 + 2  # matches byte_tokenizer()
     return CLIPTextConfig(
         vocab_size=vocab_size if shape == "tiny" else 49408,
         bos_token_id=vocab_size - 2,
@@ -214,7 +214,7 @@ def _text2img_pipeline(shape: ModelShape) -> StableDiffusionPipeline:
         unet=UNet2DConditionModel(in_channels=4, out_channels=4, **_SHAPES[shape]["unet"]),
         vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **_SHAPES[shape]["vae"]),
         text_encoder=CLIPTextModel(_text_config(shape)),
-        tokenizer=_tokenizer(),
+        tokenizer=byte_tokenizer(),
         scheduler=EulerDiscreteScheduler(**_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
@@ -256,7 +256,7 @@ def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:
     return StableDiffusionLatentUpscalePipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text),
-        tokenizer=_tokenizer(),
+        tokenizer=byte_tokenizer(),
         unet=unet,
         scheduler=EulerDiscreteScheduler(prediction_type="sample"),
     )
