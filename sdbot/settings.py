@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Queue and worker
-    max_queued_per_user: int = Field(3, ge=1)
+    max_queued_per_user: int = Field(4, ge=1)
     queue_capacity: int = Field(100, ge=1)
     max_batch: int = Field(4, ge=1)
     job_timeout_s: float = Field(600.0, gt=0)

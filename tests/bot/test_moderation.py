@@ -62,15 +62,15 @@ async def test_seed_range_and_aspect_choices_are_declared_to_discord(harness: Bo
 
 async def test_too_many_queued_jobs_are_refused(harness: BotHarness) -> None:
     fake = harness.fake
-    # Eight four-image jobs at once: one runs, three wait (the default limit), the rest are refused.
+    # Nine four-image jobs at once: one runs, four wait (the default limit), the rest are refused.
     handles = await asyncio.gather(
-        *(fake.slash(fake.member, "imagine", prompt=f"cat {n}", count=4) for n in range(8))
+        *(fake.slash(fake.member, "imagine", prompt=f"cat {n}", count=4) for n in range(9))
     )
     for handle in handles:
         await handle.wait_response()
     refused = [h for h in handles if h.ephemeral]
     assert len(refused) >= 3, [h.content for h in handles]
-    assert all("3 jobs queued" in h.content for h in refused)
+    assert all("4 jobs queued" in h.content for h in refused)
     accepted = [h for h in handles if not h.ephemeral]
     for handle in accepted:
         await handle.wait_original(lambda m: bool(m.attachments), timeout=60)

@@ -52,7 +52,7 @@ async def test_requests_over_a_cap_are_refused_whole_with_nothing_queued(harness
     refusals = {
         "a {red, green, blue} bird --repeat 2": "This prompt makes 6 jobs",
         "a bird --repeat 50": "the limit is 4",
-        # 4 jobs fit SDBOT_MAX_EXPANSION but not the 3 a member may have queued.
+        # 4 jobs fit SDBOT_MAX_EXPANSION but not the 3 this server lets a member have queued.
         "a {red, green, blue, grey} bird": "This request makes 4 jobs and you have 0 queued; at most 3",
         "a (red:12) bird": "In the prompt, the weight 12 on “red” is outside 0 to 10",
         "a [cat:dog:0.5]": "prompt editing",
@@ -61,7 +61,9 @@ async def test_requests_over_a_cap_are_refused_whole_with_nothing_queued(harness
         # 2 jobs of 4 images: more than the quota of 6 takes, so neither runs.
         "a {red, green} bird --seed 1": "You have used 0 of your 6 images for today and this needs 8",
     }
-    harness.settings = harness.settings.model_copy(update={"max_prompt_tokens": 400, "default_daily_quota": 6})
+    harness.settings = harness.settings.model_copy(
+        update={"max_prompt_tokens": 400, "default_daily_quota": 6, "max_queued_per_user": 3}
+    )
     await harness.restart()
     store = harness.store
     assert store is not None

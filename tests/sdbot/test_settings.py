@@ -10,7 +10,7 @@ def test_defaults_need_no_configuration() -> None:
     assert settings.model_id == "stabilityai/sd-turbo"
     assert settings.device == "auto"
     assert settings.database_path == Path("data/sdbot.sqlite3")
-    assert settings.max_queued_per_user == 3
+    assert settings.max_queued_per_user == 4
     assert settings.discord_token is None
 
 
