@@ -23,6 +23,7 @@ from bot.errors import UserError
 from bot.permissions import is_moderator
 from bot.views import Action
 from generation import requests
+from generation.engine.prompt_embeds import PromptReading
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import JobScheduler
 from generation.prompt_syntax import PromptSyntaxError
@@ -52,9 +53,13 @@ class ModelInfo:
 
     model_id: str
     native_size: int
-    # The model's token count of a prompt, for the token cap before a job is queued; None when the
-    # model lives elsewhere (Ray workers), and then the engine refuses an over-long prompt itself.
-    count_tokens: Callable[[str], int] | None = None
+    # How the model reads a prompt (chunks, token count), for the token cap before a job is queued;
+    # None when the model lives elsewhere (Ray workers): the engine refuses an over-long prompt then.
+    read_prompt: Callable[[str], PromptReading] | None = None
+
+    def count_tokens(self, text: str) -> int:
+        assert self.read_prompt is not None
+        return self.read_prompt(text).length
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Admission:
         # A missing source file is regenerated from its seed by the worker, which checks it then.
         for params in batch:
             requests.validate(
-                params.model_copy(update={"source_image": source_image}), self.limits, self.model.count_tokens
+                params.model_copy(update={"source_image": source_image}), self.limits,
+                self.model.count_tokens if self.model.read_prompt else None,
             )
         spoilers_allowed = await self._store.nsfw_spoilers_allowed(interaction.guild_id)
         update = {
@@ -207,13 +213,13 @@ class Admission:
         )
         await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes)
 
-    def token_count(self, job: JobRow) -> int | None:
-        """The token count of a job's prompt as run, when the model can count here (not for
+    def prompt_reading(self, job: JobRow) -> PromptReading | None:
+        """How the encoder read a job's prompt as run, when the model can tell here (not for
         upscales, whose prompt is plain text, nor for a prompt from before the syntax checks)."""
-        if self.model.count_tokens is None or job.pipeline is PipelineKind.UPSCALE:
+        if self.model.read_prompt is None or job.pipeline is PipelineKind.UPSCALE:
             return None
         try:
-            return self.model.count_tokens(job.prompt)
+            return self.model.read_prompt(job.prompt)
         except PromptSyntaxError:
             return None
 

@@ -51,7 +51,7 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
         ray_runners = start_ray_runners(settings)
         return list(ray_runners), ModelInfo(settings.model_id, ray_runners[0].info.native_size)
     assert engine is not None, "local workers need a loaded engine"
-    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size, engine.token_counter())
+    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size, engine.prompt_reader())
 
 
 def run_bot(settings: Settings) -> int:

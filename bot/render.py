@@ -90,9 +90,10 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
     return embed
 
 
-def record_embed(job: JobRow, images: list[ImageRow], tokens: int | None = None) -> discord.Embed:
+def record_embed(job: JobRow, images: list[ImageRow], chunks: list[int] | None = None) -> discord.Embed:
     """The full reproducibility record of a job, for /job: the prompt as run (styles applied, flags
-    taken out), as typed when that differs, and its token count when the model could count it."""
+    taken out), as typed when that differs, and the tokens of each 75-token chunk the text encoder
+    read, when the model could tell."""
     embed = discord.Embed(title=clip(describe(job), 256), colour=EMBED_COLOUR)
     embed.description = clip(job.prompt, 2000) if job.prompt else None
     if job.typed_prompt is not None and job.typed_prompt != job.prompt:
@@ -110,8 +111,10 @@ def record_embed(job: JobRow, images: list[ImageRow], tokens: int | None = None)
         params += f" · strength {job.strength:g}"
     if job.tile:
         params += " · seamless tiling"
-    if tokens is not None:
-        params += f" · {tokens} prompt tokens"
+    if chunks:
+        params += f" · {sum(chunks)} prompt tokens"
+        if len(chunks) > 1:
+            params += f" in {len(chunks)} chunks ({' + '.join(map(str, chunks))})"
     embed.add_field(name="Parameters", value=params, inline=False)
     seeds = images or []
     seed_text = ", ".join(f"{i.idx + 1}: `{i.seed}`" + (" (flagged)" if i.flagged else "") for i in seeds)

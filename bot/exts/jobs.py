@@ -25,8 +25,9 @@ class Jobs(commands.Cog):
     async def job(self, interaction: discord.Interaction, id: app_commands.Range[int, 1]) -> None:  # noqa: A002
         found = await self.bot.admission.find_job(interaction, id)
         images = await self.bot.store.images(found.id)
-        tokens = self.bot.admission.token_count(found)
-        await interaction.response.send_message(embed=render.record_embed(found, images, tokens), ephemeral=True)
+        reading = self.bot.admission.prompt_reading(found)
+        chunks = reading.chunk_tokens if reading else None
+        await interaction.response.send_message(embed=render.record_embed(found, images, chunks), ephemeral=True)
 
     @app_commands.command(description="Your recent jobs (moderators: anyone's)")
     @app_commands.guild_only()

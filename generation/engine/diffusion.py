@@ -49,7 +49,12 @@ from generation.engine.png_metadata import (
     a1111_sampler,
     encode_for_upload,
 )
-from generation.engine.prompt_embeds import PromptTooLong, count_tokens, encode_batch
+from generation.engine.prompt_embeds import (
+    PromptReading,
+    PromptTooLong,
+    encode_batch,
+    read_prompt,
+)
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
@@ -172,10 +177,16 @@ class DiffusionEngine:
 
     def token_counter(self) -> Callable[[str], int]:
         """A1111's token count of a prompt (raises PromptSyntaxError for refused syntax), for
-        checks before a job is queued. It has its own copy of the tokenizer: a fast tokenizer must
-        not be used by two threads at once, and the worker thread encodes with the pipeline's."""
+        checks before a job is queued."""
+        read = self.prompt_reader()
+        return lambda text: read(text).length
+
+    def prompt_reader(self) -> Callable[[str], PromptReading]:
+        """How the encoder reads a prompt: fragments, chunks and token counts (raises
+        PromptSyntaxError for refused syntax). It has its own copy of the tokenizer: a fast tokenizer
+        must not be used by two threads at once, and the worker thread encodes with the pipeline's."""
         tokenizer = copy.deepcopy(self._loaded_text2img().pipe.tokenizer)
-        return lambda text: count_tokens(tokenizer, text)
+        return lambda text: read_prompt(tokenizer, text)
 
     @property
     def text2img_pipeline(self) -> Any:

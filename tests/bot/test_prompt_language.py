@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,11 @@ async def test_a_tiled_weighted_long_job_is_recorded_and_reroll_reproduces_it(ha
     shown = await fake.slash(fake.member, "job", id=job.id)
     record = (await shown.wait_original(timeout=10)).embeds[0]
     fields = {field["name"]: field["value"] for field in record["fields"]}
-    assert "seamless tiling" in fields["Parameters"] and "prompt tokens" in fields["Parameters"]
+    assert "seamless tiling" in fields["Parameters"]
+    # Over 75 tokens: /job shows the chunks the text encoder read, and they add up to the total.
+    chunks = re.search(r"(\d+) prompt tokens in (\d+) chunks \(([\d + ]+)\)", fields["Parameters"])
+    assert chunks is not None and int(chunks[2]) >= 2
+    assert sum(int(n) for n in chunks[3].split(" + ")) == int(chunks[1])
     assert fields["As typed"] == prompt
 
     again = await fake.slash(fake.member, "reroll", job=job.id, seed=9)

@@ -69,3 +69,10 @@ def test_record_embed_names_model_revision_and_how_to_reproduce() -> None:
     assert fields["Model"] == "stabilityai/sd-turbo @ abc"
     assert "2: `6` (flagged)" in fields["Seeds"] and fields["Scheduler"] == "EulerDiscreteScheduler"
     assert embed.footer.text == "/reroll job:12 seed:5 reproduces image 1"
+
+
+def test_record_embed_shows_the_chunks_of_a_long_prompt() -> None:
+    fields = {field.name: field.value for field in render.record_embed(job(), [image(0)], [75, 12]).fields}
+    assert fields["Parameters"].endswith("87 prompt tokens in 2 chunks (75 + 12)")
+    short = {field.name: field.value for field in render.record_embed(job(), [image(0)], [9]).fields}
+    assert short["Parameters"].endswith("· 9 prompt tokens")
