@@ -87,6 +87,10 @@ class Store:
                 await db.execute("PRAGMA journal_mode = WAL")
             except sqlite3.Error as error:  # the first statement that touches the file
                 raise StoreUnavailable(f"cannot open the database file {path}: {_why(error)}") from None
+            # With WAL, NORMAL commits without an fsync each: a committed job survives the process
+            # being killed (the write is in the OS's hands), only a power cut may lose the last few.
+            # FULL made every acknowledgement wait for the disk (ack p99 2.4 s under a burst).
+            await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA busy_timeout = 5000")
             await apply_migrations(db, migrations_dir)
