@@ -232,7 +232,7 @@ def test_eta_uses_measured_rate_and_the_running_batch() -> None:
     assert position == 1  # behind b1
     assert eta == pytest.approx(0.75 + 1.0 + 1.0)  # running remainder, b1, itself
     assert queue.position(b2.id, workers=2)[1] == pytest.approx((0.75 + 1.0) / 2 + 1.0)  # type: ignore[index]
-    assert queue.position(999) is None
+    assert queue.position(-1) is None  # ids start at 1: no job has this one
 
 
 def test_measured_cost_corrects_the_flow_charge() -> None:
