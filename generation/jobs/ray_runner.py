@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -187,7 +188,7 @@ def start_ray_runners(settings: Settings) -> list[RayRunner]:
     ModelLoadError when an actor cannot load the model, or when the actors have not started within
     SDBOT_RAY_START_TIMEOUT_S (the cluster lacks the resources they ask for, say)."""
     if not ray.is_initialized():
-        ray.init(address=settings.ray_address or "local")  # "local": a new instance, never a stray one
+        _join_cluster(settings)
     workers, gpus = worker_plan(settings, ray.cluster_resources().get("GPU", 0.0))
     cpus = settings.ray_cpus_per_worker
     log.info("starting %d Ray worker(s), %g GPU(s) and %d CPU(s) each", workers, gpus, cpus)
@@ -226,6 +227,30 @@ def _resources() -> str:
     """The cluster's CPUs and GPUs, as Ray counts them."""
     resources = ray.cluster_resources()
     return f"{resources.get('CPU', 0):g} CPU(s) and {resources.get('GPU', 0):g} GPU(s)"
+
+
+def _join_cluster(settings: Settings) -> None:
+    """`ray.init`, given SDBOT_RAY_START_TIMEOUT_S: against an address nothing answers on, Ray
+    itself retries for minutes. It runs on a daemon thread so a hung attempt cannot hold the bot."""
+    address = settings.ray_address or "local"  # "local": a new instance, never a stray one
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            ray.init(address=address)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            failure.append(error)
+
+    joining = threading.Thread(target=join, name="sdbot-ray-init", daemon=True)
+    joining.start()
+    joining.join(settings.ray_start_timeout_s)
+    if joining.is_alive():
+        raise ModelLoadError(
+            f"could not reach the Ray cluster at SDBOT_RAY_ADDRESS={address!r} within "
+            f"{settings.ray_start_timeout_s:g} s (SDBOT_RAY_START_TIMEOUT_S); is `ray start` running there?"
+        )
+    if failure:
+        raise ModelLoadError(f"could not join the Ray cluster at SDBOT_RAY_ADDRESS={address!r}: {failure[0]}") from None
 
 
 def _summary(error: RayActorError) -> str:

@@ -201,3 +201,26 @@ except GenerationError as error:
     done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=50)
     assert done.returncode == 0, done.stderr
     assert 'SDBOT_WORKERS=ray needs Ray' in done.stdout and 'pip install -e ".[ray]"' in done.stdout
+
+
+def test_an_address_where_no_cluster_answers_fails_the_start_in_time() -> None:
+    """Ray alone retries an unreachable address for minutes; the start gives up after the timeout.
+    In a subprocess: the attempt it abandons must not touch this process's Ray."""
+    script = """
+import time
+from generation.errors import ModelLoadError
+from generation.jobs.ray_runner import start_ray_runners
+from sdbot.settings import Settings
+
+started = time.monotonic()
+try:
+    start_ray_runners(Settings(workers="ray", ray_address="127.0.0.1:1", ray_start_timeout_s=2))
+except ModelLoadError as error:
+    print(error)
+print(f"gave up after {time.monotonic() - started:.1f} s")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "could not reach the Ray cluster at SDBOT_RAY_ADDRESS='127.0.0.1:1' within 2 s" in done.stdout
+    waited = float(done.stdout.rsplit("gave up after ", 1)[1].split(" s")[0])
+    assert 2.0 <= waited < 10.0
