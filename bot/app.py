@@ -20,6 +20,7 @@ from bot.ops_server import OpsServerError
 from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
+from generation.engine.pipelines import check_folders
 from generation.errors import GenerationError
 from generation.jobs.runners import BatchRunner, LocalRunner
 from generation.styles import StyleFileError, load_styles
@@ -81,6 +82,11 @@ async def _serve(settings: Settings) -> None:
     # The database first: a wrong path is found in a second, not after minutes of model loading.
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     try:
+        if settings.workers == "local":
+            check_folders(EngineConfig.from_settings(settings))
+        assert settings.discord_token is not None
+        # Then the token: a refused one is found in seconds, not after a model download.
+        await _check_token(settings.discord_token.get_secret_value())
         engine = None  # with Ray workers the actors load the model, not this process
         if settings.workers == "local":
             engine = await asyncio.to_thread(DiffusionEngine.load, EngineConfig.from_settings(settings))
@@ -89,7 +95,6 @@ async def _serve(settings: Settings) -> None:
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             # A clean stop: the worker finishes or re-queues its batch before the bot disconnects.
             loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
-        assert settings.discord_token is not None
         warm_up = _start_warm_up(settings, engine)
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())
@@ -97,6 +102,15 @@ async def _serve(settings: Settings) -> None:
             await warm_up  # its thread cannot be stopped; asyncio.run would wait for it anyway
     finally:
         await store.close()
+
+
+async def _check_token(token: str) -> None:
+    """Log in once over HTTP (no gateway): raises discord.LoginFailure for a refused token."""
+    probe = discord.Client(intents=discord.Intents(guilds=True))  # the bot's own intents: no warning
+    try:
+        await probe.login(token)
+    finally:
+        await probe.close()
 
 
 def _start_warm_up(settings: Settings, engine: DiffusionEngine | None) -> asyncio.Task[None] | None:

@@ -37,7 +37,7 @@ from generation.engine.devices import (
 )
 from generation.engine.pipelines import (
     LoadedPipeline,
-    check_upscaler,
+    check_folders,
     img2img_from,
     load_safety_checker,
     load_text2img,
@@ -136,7 +136,7 @@ class DiffusionEngine:
         with self._lock:
             if self._text2img is not None:
                 return
-            check_upscaler(self.config)
+            check_folders(self.config)
             downloads = to_download(self.config)
             log.info(
                 "loading %s on %s%s", self.model_id, self.device,

@@ -112,8 +112,12 @@ def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype
     return LoadedPipeline(pipe, model_id, revision)
 
 
-def check_upscaler(config: EngineConfig) -> None:
-    """The upscaler loads at the first /upscale; a folder that is not there is refused at start."""
+def check_folders(config: EngineConfig) -> None:
+    """Refuse, in a moment and before anything loads, a configured model folder that is not there
+    (the upscaler too, though it loads only at the first /upscale)."""
+    _refuse_missing_folder(config.model_id, "model_id")
+    if config.safety_checker:
+        _refuse_missing_folder(config.safety_model_id, "safety_model_id")
     if not config.plain_upscale:
         _refuse_missing_folder(config.upscaler_model_id, "upscaler_model_id")
 
