@@ -19,7 +19,6 @@ from bot.views import JobButton
 from generation.jobs.retention import prune_forever
 from generation.jobs.runners import BatchRunner
 from generation.jobs.scheduler import JobScheduler
-from generation.jobs.worker import Listeners
 from generation.styles import Style
 from sdbot.settings import Settings
 from sdbot.store import Store
@@ -86,8 +85,9 @@ class SDBot(commands.Bot):
             queue_update_interval_s=self.settings.queue_update_interval_s,
             position=lambda job_id: self.scheduler.position(job_id),
         )
-        listeners = Listeners(self.delivery, JobObserver(self.metrics))
-        self.scheduler = JobScheduler(self.settings, self.store, self._runners, listeners)
+        self.scheduler = JobScheduler(
+            self.settings, self.store, self._runners, self.delivery, JobObserver(self.metrics)
+        )
         self.metrics.watch(lambda: self.scheduler.queue_length, lambda: self.latency)
         self.admission = Admission(
             settings=self.settings, store=self.store, scheduler=self.scheduler, delivery=self.delivery,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from generation.jobs.cost import work_units
 from generation.jobs.fair_queue import FairQueue, Flow, QueuedJob
 from generation.jobs.runners import BatchRunner
-from generation.jobs.worker import JobListener, Worker, tell_finished
+from generation.jobs.worker import JobListener, Listeners, Worker
 from sdbot.settings import Settings
 from sdbot.store import Store
 from sdbot.types import JobRow, JobStatus, NewJob
@@ -39,7 +39,7 @@ class JobScheduler:
         settings: Settings,
         store: Store,
         runners: Sequence[BatchRunner],
-        listener: JobListener,
+        *listeners: JobListener,
     ) -> None:
         self._store = store
         self._runners = list(runners)
@@ -47,9 +47,9 @@ class JobScheduler:
             max_per_flow=settings.max_queued_per_user, capacity=settings.queue_capacity
         )
         self._wakeup = asyncio.Event()
-        self._listener = listener
+        self._listener = Listeners(*listeners)
         self._workers = [
-            Worker(f"worker-{index}", runner, self._queue, self._wakeup, store, settings, listener)
+            Worker(f"worker-{index}", runner, self._queue, self._wakeup, store, settings, self._listener)
             for index, runner in enumerate(runners)
         ]
         # Check-then-create must not interleave between two submits of one user.
@@ -99,7 +99,7 @@ class JobScheduler:
         stops). False if the job is neither queued nor running here."""
         if self._queue.cancel(job_id):
             if ended := await self._store.cancel_job(job_id, reason):
-                await tell_finished(self._listener, ended, [], None)
+                await self._listener.job_finished(ended, [], None)
             return True
         return any(worker.cancel(job_id, reason) for worker in self._workers)
 

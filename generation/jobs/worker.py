@@ -46,19 +46,10 @@ class JobListener(Protocol):
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None: ...
 
 
-async def tell_finished(
-    listener: JobListener, job: JobRow, images: list[ImageRow], output: JobOutput | None
-) -> None:
-    """A listener error is logged and never reaches the worker or the scheduler."""
-    try:
-        await listener.job_finished(job, images, output)
-    except Exception:
-        log.exception("job %s: listener failed on job_finished", job.id)
-
-
 class Listeners:
-    """Several listeners heard as one, in order: the bot's replies and its metrics. One failing
-    does not keep an event from the others."""
+    """Several listeners heard as one, in order: the bot's replies and its metrics. A listener's
+    error is logged and never reaches the worker or the scheduler, nor keeps an event from the
+    other listeners."""
 
     def __init__(self, *listeners: JobListener) -> None:
         self._listeners = listeners
@@ -79,7 +70,10 @@ class Listeners:
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         for listener in self._listeners:
-            await tell_finished(listener, job, images, output)
+            try:
+                await listener.job_finished(job, images, output)
+            except Exception:
+                log.exception("job %s: listener failed on job_finished", job.id)
 
 
 class SourceUnavailable(GenerationError):
@@ -111,7 +105,7 @@ class Worker:
         wakeup: asyncio.Event,
         store: Store,
         settings: Settings,
-        listener: JobListener,
+        listener: Listeners,
     ) -> None:
         self.name = name
         self._runner = runner
@@ -188,10 +182,7 @@ class Worker:
     async def _run_batch(self, batch: list[QueuedJob[JobRow]]) -> None:
         jobs = [queued.payload for queued in batch]
         for running in await self._store.mark_running([job.id for job in jobs]):
-            try:
-                await self._listener.job_started(running)
-            except Exception:
-                log.exception("job %s: listener failed on job_started", running.id)
+            await self._listener.job_started(running)
         tasks: list[_Task] = []
         results: dict[int, _Result] = {}
         try:
@@ -241,10 +232,7 @@ class Worker:
         def on_step(step: int, total: int) -> None:
             for job_id in ids:
                 if job_id in self._batch and job_id not in self._cancelled:
-                    try:
-                        self._listener.job_progress(job_id, step, total)
-                    except Exception:
-                        log.exception("job %s: listener failed on job_progress", job_id)
+                    self._listener.job_progress(job_id, step, total)
 
         started = time.monotonic()
         try:
@@ -304,7 +292,7 @@ class Worker:
         # None: it was ended meanwhile by someone else; the stored row tells the listener how.
         ended = ended or await self._store.get_job(job.id)
         if ended is not None:
-            await tell_finished(self._listener, ended, images, output)
+            await self._listener.job_finished(ended, images, output)
 
     async def _record(
         self, job: JobRow, cancel_reason: str | None, result: _Result | None
@@ -369,7 +357,7 @@ class Worker:
         """After an abandoned batch: flagged jobs end cancelled, the others go back to queued."""
         for job_id, reason in list(self._cancelled.items()):
             if job_id in self._batch and (ended := await self._store.cancel_job(job_id, reason)):
-                await tell_finished(self._listener, ended, [], None)
+                await self._listener.job_finished(ended, [], None)
         requeued = [job_id for job_id in self._batch if job_id not in self._cancelled]
         await self._store.requeue(requeued)
         if requeued:
