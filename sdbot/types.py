@@ -181,23 +181,10 @@ class JobRow(BaseModel):
         return len(self.seeds)
 
     def params(self, source_image: bytes | None = None) -> GenerationParams:
-        """The engine parameters; the source picture is read from disk by the caller."""
-        return GenerationParams(
-            pipeline=self.pipeline,
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seeds=tuple(self.seeds),
-            steps=self.steps,
-            guidance=self.guidance,
-            width=self.width,
-            height=self.height,
-            strength=self.strength,
-            source_image=source_image,
-            return_flagged=self.return_flagged,
-            tile=self.tile,
-            typed_prompt=self.typed_prompt,
-            styles=tuple(self.styles),
-        )
+        """The engine parameters (every field the two share); the source picture is read from disk
+        by the caller."""
+        shared = self.model_dump(include=set(GenerationParams.model_fields))
+        return GenerationParams(**shared, source_image=source_image)
 
 
 class ImageRow(BaseModel):
