@@ -59,6 +59,7 @@ from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from generation.prompt_syntax import PromptSyntaxError
+from generation.requests import SOURCE_FORMATS
 from sdbot.types import (
     GeneratedImage,
     GenerationParams,
@@ -72,7 +73,6 @@ log = logging.getLogger(__name__)
 VERSIONS = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 # Above this many output pixels the VAE decodes in tiles, so big images do not need big memory.
 VAE_TILING_PIXELS = 1024 * 1024
-SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
 
