@@ -57,9 +57,11 @@ class ModelInfo:
     # None when the model lives elsewhere (Ray workers): the engine refuses an over-long prompt then.
     read_prompt: Callable[[str], PromptReading] | None = None
 
-    def count_tokens(self, text: str) -> int:
-        assert self.read_prompt is not None
-        return self.read_prompt(text).length
+    @property
+    def count_tokens(self) -> Callable[[str], int] | None:
+        """The token count the cap uses (A1111's), when the model can read prompts here."""
+        read = self.read_prompt
+        return None if read is None else lambda text: read(text).length
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,7 @@ class Admission:
         # A missing source file is regenerated from its seed by the worker, which checks it then.
         for params in batch:
             requests.validate(
-                params.model_copy(update={"source_image": source_image}), self.limits,
-                self.model.count_tokens if self.model.read_prompt else None,
+                params.model_copy(update={"source_image": source_image}), self.limits, self.model.count_tokens
             )
         spoilers_allowed = await self._store.nsfw_spoilers_allowed(interaction.guild_id)
         update = {
