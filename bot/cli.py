@@ -11,10 +11,10 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from generation import requests
 from generation.jobs.runners import Engine
@@ -22,6 +22,11 @@ from generation.requests import RequestLimits
 from sdbot.logs import configure_logging
 from sdbot.settings import Settings, SettingsError, load_settings
 from sdbot.types import GenerationParams
+
+if TYPE_CHECKING:
+    from sdbot.store import Store
+
+T = TypeVar("T")
 
 EXIT_CONFIG_ERROR = 2
 log = logging.getLogger(__name__)
@@ -107,28 +112,15 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG_ERROR
-    from bot.app import (
-        run_bot,  # imported late: `sdbot migrate` should not load discord/torch
-    )
+    # Imported late: `sdbot migrate` should not load discord or torch.
+    from bot.app import run_bot
 
     return run_bot(settings)
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from sdbot.migrate import MigrationError
-    from sdbot.store import Store, StoreUnavailable
-
-    async def migrate() -> int:
-        store = await Store.open(settings.database_path)
-        try:
-            return await store.schema_version()
-        finally:
-            await store.close()
-
-    try:
-        version = asyncio.run(migrate())
-    except (MigrationError, StoreUnavailable) as error:
-        print(f"sdbot: {error}", file=sys.stderr)
+    version = _on_store(settings, lambda store: store.schema_version())
+    if version is None:
         return 1
     print(f"database {settings.database_path} is at schema version {version}")
     return 0
@@ -136,26 +128,39 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _prune(settings: Settings, args: argparse.Namespace) -> int:
     from generation.jobs.retention import prune_images
-    from sdbot.store import Store
 
     days = args.days if args.days is not None else settings.keep_images_days
     if days is None or days <= 0:
         print("sdbot: SDBOT_KEEP_IMAGES_DAYS is not set (images are kept forever); set it or pass --days N",
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    report = _on_store(settings, lambda store: prune_images(store, days, dry_run=args.dry_run))
+    if report is None:
+        return 1
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {report.files} image file(s), {report.bytes / 1e6:.1f} MB, of {report.jobs} job(s) "
+          f"that ended over {days:g} day(s) ago")
+    return 0
 
-    async def prune() -> str:
+
+def _on_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T | None:
+    """Run `work` on the opened (and migrated) database; None, after one line on stderr, when the
+    database cannot be opened or migrated."""
+    from sdbot.migrate import MigrationError
+    from sdbot.store import Store, StoreUnavailable
+
+    async def run() -> T:
         store = await Store.open(settings.database_path)
         try:
-            report = await prune_images(store, days, dry_run=args.dry_run)
+            return await work(store)
         finally:
             await store.close()
-        verb = "would delete" if args.dry_run else "deleted"
-        return (f"{verb} {report.files} image file(s), {report.bytes / 1e6:.1f} MB, of {report.jobs} job(s) "
-                f"that ended over {days:g} day(s) ago")
 
-    print(asyncio.run(prune()))
-    return 0
+    try:
+        return asyncio.run(run())
+    except (MigrationError, StoreUnavailable) as error:
+        print(f"sdbot: {error}", file=sys.stderr)
+        return None
 
 
 def _backup(settings: Settings, args: argparse.Namespace) -> int:
