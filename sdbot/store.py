@@ -150,12 +150,13 @@ class Store:
             quota = await self._quota(job.guild_id, job.user_id, now)
             if quota.limit is not None and quota.used + params.image_count > quota.limit:
                 raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
-            cursor = await db.execute(
+            async with db.execute(
                 """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
                        negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
                        source_job_id, source_index, source_path, return_flagged, created_at,
                        application_id, interaction_token, tile, typed_prompt, styles)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   RETURNING *""",
                 (
                     job.kind, params.pipeline, job.guild_id, job.channel_id, job.user_id,
                     params.prompt, params.negative_prompt, json.dumps(list(params.seeds)),
@@ -164,15 +165,15 @@ class Store:
                     params.return_flagged, now, job.application_id, job.interaction_token,
                     params.tile, params.typed_prompt, json.dumps(list(params.styles)),
                 ),
-            )
-            job_id = cursor.lastrowid
+            ) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            created = _job(row)
             await db.execute(
                 "INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)"
                 " VALUES (?, ?, ?, ?, 'charge', ?)",
-                (job.guild_id, job.user_id, job_id, params.image_count, now),
+                (job.guild_id, job.user_id, created.id, params.image_count, now),
             )
-        created = await self.get_job(int(job_id))  # type: ignore[arg-type]
-        assert created is not None
         return created
 
     async def get_job(self, job_id: int, *, guild_id: int | None = None) -> JobRow | None:
