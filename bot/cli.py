@@ -302,6 +302,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_MODEL_ID={paths.pipeline}")
     print(f"SDBOT_SAFETY_MODEL_ID={paths.safety_checker}")
     print(f"SDBOT_UPSCALER_MODEL_ID={paths.upscaler}")
+    print(f"SDBOT_PREVIEW_DECODER_ID={paths.preview_decoder}")
     return 0
 
 

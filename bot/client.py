@@ -82,6 +82,7 @@ class SDBot(commands.Bot):
     async def setup_hook(self) -> None:
         self.delivery = Delivery(
             self, self.store, progress_interval_s=self.settings.progress_interval_s,
+            preview_interval_s=self.settings.preview_interval_s if self.settings.previews else 0.0,
             queue_update_interval_s=self.settings.queue_update_interval_s,
             position=lambda job_id: self.scheduler.position(job_id),
         )

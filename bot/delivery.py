@@ -1,5 +1,6 @@
 """The life of one job's public reply, start to end: the acknowledgement and the "queued" text,
-throttled progress edits, then the result or what went wrong.
+throttled progress edits (with a live preview picture when the engine makes them), then the result
+or what went wrong; the result's edit replaces the preview's attachment.
 
 While the interaction token is valid (15 minutes) the bot edits its own response; after that, or
 after a restart that outlived the token, it posts to the channel with a mention instead, so a job a
@@ -61,10 +62,12 @@ class Delivery:
         progress_interval_s: float,
         queue_update_interval_s: float,
         position: PositionLookup,
+        preview_interval_s: float = 0.0,
     ) -> None:
         self._client = client
         self._store = store
-        self._progress_interval_s = progress_interval_s
+        # A running job's message is edited at most this often, previews or not.
+        self._progress_interval_s = max(progress_interval_s, preview_interval_s)
         self._queue_update_interval_s = queue_update_interval_s
         self._position = position
         self._queued: dict[int, _QueuedReply] = {}  # job id -> its "queued" reply, while it waits
@@ -78,8 +81,10 @@ class Delivery:
         self._notes: dict[int, Sequence[str]] = {}
         self._tracking: dict[int, asyncio.Task[None]] = {}  # started jobs waiting for their reply
         self._running: dict[int, JobRow] = {}
+        # job id -> when its message was last edited (the edit's end, moved later by a rate limit)
         self._last_progress_edit: dict[int, float] = {}
         self._progress_tasks: dict[int, asyncio.Task[None]] = {}
+        self._previews: dict[int, bytes] = {}  # job id -> its newest preview not yet shown
         self._deliveries: set[asyncio.Task[None]] = set()
         # Jobs the last run ended but had not recorded as posted: it may have posted them just before.
         self._resumed: set[int] = set()
@@ -243,6 +248,15 @@ class Delivery:
             self._tracking.pop(job.id, None)
 
     def job_progress(self, job_id: int, step: int, total: int) -> None:
+        self._show_progress(job_id, step, total)
+
+    def job_preview(self, job_id: int, step: int, total: int, image: bytes) -> None:
+        """Keep the newest preview; the next progress edit the rate allows carries it."""
+        if job_id in self._running:
+            self._previews[job_id] = image
+            self._show_progress(job_id, step, total)
+
+    def _show_progress(self, job_id: int, step: int, total: int) -> None:
         job = self._running.get(job_id)
         if job is None or not _token_valid(job) or job.response_message_id is None:
             return
@@ -253,8 +267,26 @@ class Delivery:
             return
         self._last_progress_edit[job_id] = now
         self._progress_tasks[job_id] = asyncio.create_task(
-            self._edit_reply(job, content=render.progress_text(job, step, total)), name=f"progress-{job_id}"
+            self._edit_progress(job, step, total, self._previews.pop(job_id, None)), name=f"progress-{job_id}"
         )
+
+    async def _edit_progress(self, job: JobRow, step: int, total: int, preview: bytes | None) -> None:
+        """One progress edit; with a preview, its picture replaces the one shown. The next edit
+        waits a whole interval from this one's end, so a 429 that discord.py waits out (its
+        `retry_after`) pauses this message's edits; one it raises instead pauses them for the
+        `Retry-After` it names."""
+        changes: dict[str, Any] = {"content": render.progress_text(job, step, total)}
+        if preview is not None:
+            changes["attachments"] = [discord.File(io.BytesIO(preview), filename=f"sdbot-{job.id}-preview.jpg")]
+        pause = 0.0
+        try:
+            await self._edit_reply(job, **changes)
+        except discord.HTTPException as error:  # an edit with attachments raises: a preview is no result
+            log.debug("job %s: preview edit failed: %s", job.id, error)
+            if error.status == 429:
+                pause = float(error.response.headers.get("Retry-After", 1.0))
+        if job.id in self._running:
+            self._last_progress_edit[job.id] = time.monotonic() + pause
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         self._spawn(self._deliver(job, images, output), name=f"deliver-{job.id}")
@@ -266,9 +298,11 @@ class Delivery:
             tracking.cancel()
         self._running.pop(job.id, None)
         self._last_progress_edit.pop(job.id, None)
+        self._previews.pop(job.id, None)
         progress = self._progress_tasks.pop(job.id, None)
         if progress is not None:
             progress.cancel()
+            await _settled(progress)  # no progress or preview edit lands after the result
         await _settled(self._stop_following(job.id))
         job = await self._after_reply(job)
         try:

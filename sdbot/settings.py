@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     compile: Literal["auto", "on", "off"] = "auto"
     fast_path: Literal["auto", "on", "off"] = "auto"
     torch_compile: bool | None = None  # old name of SDBOT_COMPILE: true = on, false = off
+    # Live previews (README: "Live previews"): a small decoded picture while a job generates.
+    previews: bool = True
+    preview_decoder_id: str = "auto"
+    preview_interval_s: float = Field(1.5, gt=0.0)
 
     # Storage
     database_path: Path = Path("data/sdbot.sqlite3")

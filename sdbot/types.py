@@ -6,8 +6,9 @@ remote workers, pickled across processes. Imports nothing of this project.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -199,3 +200,10 @@ class ImageRow(BaseModel):
     nsfw_score: float | None
     record: dict[str, Any]
     pruned_at: float | None = None  # retention deleted its file then (it is made again on demand)
+
+
+class StepCallback(Protocol):
+    """Told after each denoising step. `previews`, on the steps that have them, holds one small
+    JPEG per job of the batch (in order), None for a job whose preview the safety checker flagged."""
+
+    def __call__(self, step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None: ...

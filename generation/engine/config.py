@@ -23,6 +23,9 @@ class EngineConfig(BaseModel):
     max_prompt_tokens: int = 450
     compile: Literal["auto", "on", "off"] = "auto"
     fast_path: Literal["auto", "on", "off"] = "auto"
+    previews: bool = True
+    preview_decoder_id: str = "auto"
+    preview_interval_s: float = 1.5
     # Not a setting: tests trace with "eager" (dynamo's guards, no C++ build) to check recompiles.
     compile_backend: str = "inductor"
 

@@ -39,6 +39,7 @@ from generation.engine.pipelines import (
     LoadedPipeline,
     check_folders,
     img2img_from,
+    load_preview_decoder,
     load_safety_checker,
     load_text2img,
     load_upscaler,
@@ -49,6 +50,7 @@ from generation.engine.png_metadata import (
     a1111_sampler,
     encode_for_upload,
 )
+from generation.engine.previews import PreviewMaker
 from generation.engine.prompt_embeds import (
     PromptReading,
     PromptTooLong,
@@ -66,6 +68,7 @@ from sdbot.types import (
     GenerationRecord,
     JobOutput,
     PipelineKind,
+    StepCallback,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,7 @@ class DiffusionEngine:
         self._img2img: LoadedPipeline | None = None
         self._upscaler: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
+        self._previews: PreviewMaker | None = None
         self._lock = threading.RLock()  # pipelines keep scheduler state: one batch at a time
         self._device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else None
         # Seconds spent in "pipeline", "safety", "encode" and "total" by the last run_batch.
@@ -148,6 +152,9 @@ class DiffusionEngine:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
             else:
                 log.warning("SDBOT_SAFETY_CHECKER is off: generated images are not checked for NSFW content")
+            decoder = load_preview_decoder(self.config, text2img.pipe, self._device, self._dtype)
+            if decoder is not None:
+                self._previews = PreviewMaker(decoder, self._safety, self.config.preview_interval_s)
             self._text2img = text2img
             log.info(
                 "loaded %s (revision %s) on %s as %s", self.model_id, text2img.revision, self.device, self.dtype
@@ -189,6 +196,12 @@ class DiffusionEngine:
         return lambda text: read_prompt(tokenizer, text)
 
     @property
+    def previews(self) -> bool:
+        """Whether this engine makes live previews (on, and its decoder loaded)."""
+        self.load_models()
+        return self._previews is not None
+
+    @property
     def text2img_pipeline(self) -> Any:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
         return self._loaded_text2img().pipe
@@ -218,7 +231,7 @@ class DiffusionEngine:
     def run_batch(
         self,
         batch: Sequence[GenerationParams],
-        on_step: Callable[[int, int], None],
+        on_step: StepCallback,
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]:
         if not batch:
@@ -286,7 +299,7 @@ class DiffusionEngine:
     # -- generation -------------------------------------------------------------------------------
 
     def _generate(
-        self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
+        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
     ) -> tuple[_Produced, list[SafetyVerdict | None]]:
         """Run the pipeline and the safety check, mapping device OOM and cancellation."""
         try:
@@ -317,7 +330,7 @@ class DiffusionEngine:
         )
 
     def _diffuse(
-        self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
+        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
     ) -> _Produced:
         params = jobs[0].params
         loaded = self._text2img if params.pipeline is PipelineKind.TEXT2IMG else self._img2img
@@ -332,8 +345,17 @@ class DiffusionEngine:
             shape_args = {"width": params.width, "height": params.height}
         _set_vae_tiling(pipe.vae, params.width * params.height)
 
+        counts = [len(job.params.seeds) for job in jobs]
+        previews = self._previews
+        if previews is not None:
+            previews.start()
+
         def step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            on_step(index + 1, pipe.num_timesteps)
+            step, total = index + 1, pipe.num_timesteps
+            if previews is not None and previews.due(step, total):
+                on_step(step, total, _preview(previews, tensors["latents"], counts))
+            else:
+                on_step(step, total)
             if should_stop():
                 raise _Stop
             return {}
@@ -379,7 +401,7 @@ class DiffusionEngine:
             raise InvalidRequest(str(error)) from None
 
     def _upscale(
-        self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
+        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
     ) -> _Produced:
         params = jobs[0].params
         size = (2 * params.width, 2 * params.height)
@@ -488,6 +510,15 @@ class DiffusionEngine:
         if self._upscaler is None:
             self._upscaler = load_upscaler(self.config, self._device, self._dtype)
         return self._upscaler
+
+
+def _preview(previews: PreviewMaker, latents: torch.Tensor, counts: list[int]) -> list[bytes | None] | None:
+    """A preview per job, or None if making them failed: a preview never fails a job."""
+    try:
+        return previews.make(latents, counts)
+    except Exception as error:  # noqa: BLE001 - e.g. latents this decoder cannot read
+        log.warning("live preview failed (%s: %s); the job goes on without it", type(error).__name__, error)
+        return None
 
 
 def _source(job: _Job) -> Image.Image:

@@ -20,6 +20,7 @@ import diffusers.utils.logging
 import torch
 import transformers.utils.logging
 from diffusers import (
+    AutoencoderTiny,
     AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
     DiffusionPipeline,
@@ -110,6 +111,50 @@ def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype
     _attempt(lambda: pipe.to(device), setting, model_id)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, model_id, revision)
+
+
+# Tiny preview decoders by model family, told by the pipeline's class name; SD 1.x/2.x otherwise.
+_PREVIEW_DECODERS = (
+    ("Flux", "madebyollin/taef1"),
+    ("StableDiffusion3", "madebyollin/taesd3"),
+    ("XL", "madebyollin/taesdxl"),
+)
+_SD_PREVIEW_DECODER = "madebyollin/taesd"
+
+
+def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | None:
+    """SDBOT_PREVIEW_DECODER_ID, with `auto` resolved by family; None when previews are off."""
+    configured = config.preview_decoder_id.strip()
+    if not config.previews or configured.lower() == "none":
+        return None
+    if configured.lower() != "auto":
+        return configured
+    name = type(pipe).__name__
+    return next((repo for family, repo in _PREVIEW_DECODERS if family in name), _SD_PREVIEW_DECODER)
+
+
+def load_preview_decoder(
+    config: EngineConfig, pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype
+) -> AutoencoderTiny | None:
+    """The tiny VAE of live previews, or None when previews are off or it cannot be loaded (logged:
+    previews are a nicety, never a reason for the bot not to start)."""
+    model_id = preview_decoder_id(config, pipe)
+    if model_id is None:
+        return None
+    setting = "preview_decoder_id"
+    try:
+        _refuse_missing_folder(model_id, setting)
+        decoder = _attempt(lambda: AutoencoderTiny.from_pretrained(model_id, dtype=dtype), setting, model_id)
+    except ModelLoadError as error:
+        log.warning("%s; live previews are off", error)
+        return None
+    if decoder.config.latent_channels != pipe.vae.config.latent_channels:
+        log.warning(
+            "%s=%r decodes %d latent channels, the model makes %d; live previews are off",
+            _name(setting), model_id, decoder.config.latent_channels, pipe.vae.config.latent_channels,
+        )
+        return None
+    return decoder.to(device).eval()
 
 
 def check_folders(config: EngineConfig) -> None:

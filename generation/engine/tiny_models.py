@@ -1,9 +1,9 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
-`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes three folders that the production loading code reads exactly like hub
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes four folders that the production loading code reads exactly like hub
 downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, and a x2 latent upscaler pipeline. The "tiny" shape runs a 64x64 image in a
+`CLIPImageProcessor`, a x2 latent upscaler pipeline and a TAESD (`AutoencoderTiny`) for live previews. The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     EulerDiscreteScheduler,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
@@ -76,6 +77,13 @@ _SHAPES: dict[str, dict[str, dict[str, Any]]] = {
             "sample_size": 64,
         },
         "text": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2},
+        # TAESD with one upsampling, to match the VAE's scale factor of 2.
+        "taesd": {
+            "encoder_block_out_channels": (8, 8),
+            "decoder_block_out_channels": (8, 8),
+            "num_encoder_blocks": (1, 1),
+            "num_decoder_blocks": (1, 1),
+        },
         "vision": {
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -112,6 +120,7 @@ _SHAPES: dict[str, dict[str, dict[str, Any]]] = {
             "hidden_act": "gelu",
             "projection_dim": 512,
         },
+        "taesd": {},  # AutoencoderTiny's defaults are madebyollin/taesd's layout
         "vision": {  # CLIP ViT-L/14, as in CompVis/stable-diffusion-safety-checker
             "hidden_size": 1024,
             "intermediate_size": 4096,
@@ -132,12 +141,14 @@ class TinyModelPaths:
     pipeline: Path
     safety_checker: Path
     upscaler: Path
+    preview_decoder: Path
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "model_id": str(self.pipeline),
             "safety_model_id": str(self.safety_checker),
             "upscaler_model_id": str(self.upscaler),
+            "preview_decoder_id": str(self.preview_decoder),
             "device": "cpu",
         }
         return Settings(**(values | overrides))
@@ -155,12 +166,14 @@ def make_tiny_models(
         pipeline=directory / "pipeline",
         safety_checker=directory / "safety-checker",
         upscaler=directory / "upscaler",
+        preview_decoder=directory / "preview-decoder",
     )
     torch.manual_seed(0)
     _text2img_pipeline(shape).save_pretrained(paths.pipeline)
     make_safety_checker(paths.safety_checker, shape=shape, flag_everything=flag_everything)
     # The upscaler is not benchmarked, so every shape gets the tiny one.
     _latent_upscaler().save_pretrained(paths.upscaler)
+    AutoencoderTiny(latent_channels=4, **_SHAPES[shape]["taesd"]).save_pretrained(paths.preview_decoder)
     return paths
 
 

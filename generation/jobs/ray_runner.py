@@ -8,7 +8,7 @@ cluster unchanged.
 Across the process boundary:
 - Progress: `EngineActor.run` is a streaming generator. It yields a `Step` after each denoising
   step and finally the batch's `JobOutput`s (encoded images and records, never tensors); the
-  runner calls `on_step` on the event loop for each `Step`.
+  runner calls `on_step` on the event loop for each `Step`. Live previews are off on Ray workers.
 - Cancellation: the actor is async, so a second call, `stop(call)`, runs while `run` waits on the
   engine thread; it raises a number that the engine's `should_stop` reads between steps. The runner
   numbers its calls, and "stop every call up to n" needs no cleanup and cannot reach a later batch.
@@ -82,7 +82,8 @@ class EngineActor:
     def __init__(self, config: EngineConfig, torch_threads: int) -> None:
         # CPU workers share a host: each uses the cores Ray reserved for it, not all of them.
         torch.set_num_threads(torch_threads)
-        self._engine = DiffusionEngine.load(config)
+        # Live previews stay in-process: a `Step` carries no picture, so the actor makes none.
+        self._engine = DiffusionEngine.load(config.model_copy(update={"previews": False}))
         self._runner = LocalRunner(self._engine)
         self._stop_through = 0  # calls numbered up to this are to stop
 

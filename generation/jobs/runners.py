@@ -9,14 +9,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from sdbot.types import GenerationParams, JobOutput
+from sdbot.types import GenerationParams, JobOutput, StepCallback
 
 
 class Engine(Protocol):
     """What the worker needs from an engine; the real one is `generation.engine.diffusion.DiffusionEngine`.
 
     `run_batch` is blocking (it runs on a worker thread or a remote process). All params in one
-    call share a batch key. `on_step(step, total)` is called after each denoising step;
+    call share a batch key. `on_step(step, total)` is called after each denoising step, with a
+    third argument on the steps that have live previews (see `StepCallback`);
     when `should_stop()` turns true the engine stops between steps and raises `Cancelled`.
     It returns one `JobOutput` per params, in order, and raises `OutOfMemory` when the batch
     does not fit on the device.
@@ -25,7 +26,7 @@ class Engine(Protocol):
     def run_batch(
         self,
         batch: Sequence[GenerationParams],
-        on_step: Callable[[int, int], None],
+        on_step: StepCallback,
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]: ...
 
@@ -34,10 +35,10 @@ class BatchRunner(Protocol):
     async def run(
         self,
         batch: Sequence[GenerationParams],
-        on_step: Callable[[int, int], None],
+        on_step: StepCallback,
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]:
-        """Run one engine call. `on_step(step, total)` is called on the event loop;
+        """Run one engine call. `on_step(step, total[, previews])` is called on the event loop;
         `should_stop` may be called from any thread. Raises what the engine raises."""
         ...
 
@@ -58,14 +59,15 @@ class LocalRunner:
     async def run(
         self,
         batch: Sequence[GenerationParams],
-        on_step: Callable[[int, int], None],
+        on_step: StepCallback,
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]:
         loop = asyncio.get_running_loop()
 
-        def step_from_thread(step: int, total: int) -> None:
+        def step_from_thread(step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None:
+            args = (step, total) if previews is None else (step, total, previews)
             try:
-                loop.call_soon_threadsafe(on_step, step, total)
+                loop.call_soon_threadsafe(on_step, *args)
             except RuntimeError:  # the loop closed under a call that outlived it: nobody listens
                 pass
 

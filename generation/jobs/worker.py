@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from generation.errors import Cancelled, GenerationError, OutOfMemory, WorkerLost
 from generation.jobs.fair_queue import FairQueue, QueuedJob
@@ -46,6 +46,15 @@ class JobListener(Protocol):
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None: ...
 
 
+@runtime_checkable
+class PreviewListener(Protocol):
+    """A listener that also shows live previews (the bot's `Delivery`); others need not implement it."""
+
+    def job_preview(self, job_id: int, step: int, total: int, image: bytes) -> None:
+        """Called on the event loop with a small JPEG of the job's images: must be cheap."""
+        ...
+
+
 class Listeners:
     """Several listeners heard as one, in order: the bot's replies and its metrics. A listener's
     error is logged and never reaches the worker or the scheduler, nor keeps an event from the
@@ -67,6 +76,15 @@ class Listeners:
                 listener.job_progress(job_id, step, total)
             except Exception:
                 log.exception("job %s: listener failed on job_progress", job_id)
+
+    def job_preview(self, job_id: int, step: int, total: int, image: bytes) -> None:
+        for listener in self._listeners:
+            if not isinstance(listener, PreviewListener):
+                continue
+            try:
+                listener.job_preview(job_id, step, total, image)
+            except Exception:
+                log.exception("job %s: listener failed on job_preview", job_id)
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         for listener in self._listeners:
@@ -229,10 +247,12 @@ class Worker:
         def should_stop() -> bool:  # called from the engine's thread: reads flags only
             return self._abandoned or time.monotonic() > deadline or all_cancelled()
 
-        def on_step(step: int, total: int) -> None:
-            for job_id in ids:
+        def on_step(step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None:
+            for index, job_id in enumerate(ids):
                 if job_id in self._batch and job_id not in self._cancelled:
                     self._listener.job_progress(job_id, step, total)
+                    if previews and (preview := previews[index]) is not None:
+                        self._listener.job_preview(job_id, step, total, preview)
 
         started = time.monotonic()
         try:

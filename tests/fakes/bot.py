@@ -28,9 +28,9 @@ class SlowedEngine:
         return getattr(self._engine, name)
 
     def run_batch(self, batch: Any, on_step: Any, should_stop: Any) -> Any:
-        def slow_step(step: int, total: int) -> None:
+        def slow_step(step: int, total: int, *previews: Any) -> None:
             time.sleep(self.step_s)
-            on_step(step, total)
+            on_step(step, total, *previews)
 
         return self._engine.run_batch(batch, slow_step, should_stop)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class RequestRecord:
     payload: Any = None
     files: list[str] = field(default_factory=list)
     status: int = 0
+    at: float = field(default_factory=time.monotonic)  # when it arrived (for rate checks)
 
 
 @dataclass
