@@ -13,6 +13,11 @@ and encoding (PNG with metadata) come from the engine's own `last_timings`. Over
 engine's time without safety and encoding to one bare `pipe(...)` call with the same prompts,
 generators and settings: it is what validation, token counting, step callbacks and records cost.
 
+Live previews (issue 13): one batch of --preview-batch images at --preview-steps steps, timed with
+previews off, at SDBOT_PREVIEW_INTERVAL_S's default (1.5 s) and at every step (the worst case),
+each on its own engine loaded from the same folder. A preview costs one TAESD decode and a safety
+check of the batch; `per_preview_ms` divided by the interval bounds the overhead of long jobs.
+
 Prompt encoding (issue 17): `encode_batch` of a plain short prompt against a weighted prompt of
 about 300 tokens (four CLIP chunks), and the extra cost as a share of one 4-step image at the
 benchmark size.
@@ -38,6 +43,7 @@ if __name__ == "__main__" and not __package__:
     # module would shadow the `generation` package; put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from generation.engine.config import EngineConfig
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
 from generation.engine.prompt_embeds import count_tokens, encode_batch
 from generation.engine.tiny_models import make_tiny_models
@@ -65,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
             for batch in args.batch
         ]
         encoding = _prompt_encoding(engine, size, args.repeats)
+        previews = _previews(
+            paths.engine_config(device=args.device), size, args.preview_batch, args.preview_steps, args.repeats
+        )
     report = {
         "model": args.model,
         "device": engine.device,
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         "versions": VERSIONS,
         "rows": rows,
         "prompt_encoding": encoding,
+        "previews": previews,
     }
     print(_table(report))
     print(
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{encoding['weighted_ms']} ms; the difference is {encoding['extra_pct_of_4_step_image']}% of a "
         f"4-step {size}x{size} image ({encoding['image_4_steps_ms']} ms)"
     )
+    print(_preview_table(previews, size))
     print(json.dumps(report, indent=2))
 
 
@@ -196,6 +207,70 @@ def _prompt_encoding(engine: DiffusionEngine, size: int, repeats: int) -> dict[s
     }
 
 
+def _previews(config: EngineConfig, size: int, batch: int, steps: int, repeats: int) -> dict[str, Any]:
+    """Best-of-`repeats` time of one batch with previews off, at the default interval and at every
+    step; runs interleaved so drifts hit all three alike."""
+    default_interval = EngineConfig.model_fields["preview_interval_s"].default
+    engines = {
+        "off": DiffusionEngine.load(config.model_copy(update={"previews": False})),
+        f"every {default_interval:g} s": DiffusionEngine.load(config.model_copy(update={"preview_interval_s": default_interval})),
+        "every step": DiffusionEngine.load(config.model_copy(update={"preview_interval_s": 1e-9})),
+    }
+    job = GenerationParams(pipeline=PipelineKind.TEXT2IMG, prompt=PLAIN_PROMPT, seeds=tuple(range(batch)),
+                           steps=steps, guidance=0.0, width=size, height=size)
+    sync = _synchronizer(engines["off"])
+    times: dict[str, list[float]] = defaultdict(list)
+    made: dict[str, int] = {}
+
+    def run(name: str) -> None:
+        count = 0
+
+        def on_preview(step: int, total: int, previews: Any) -> None:
+            nonlocal count
+            count += 1
+
+        started = time.perf_counter()
+        engines[name].run_batch([job], lambda step, total: None, lambda: False, on_preview)
+        sync()
+        times[name].append(time.perf_counter() - started)
+        made[name] = count
+
+    for name in engines:  # warm-up
+        run(name)
+    times.clear()
+    for _ in range(repeats):
+        for name in engines:
+            run(name)
+    best = {name: min(runs) for name, runs in times.items()}
+    off = best["off"]
+    every = best["every step"]
+    return {
+        "batch": batch,
+        "steps": steps,
+        "rows": [
+            {"previews": name, "ms": round(1000 * seconds, 1), "previews_made": made[name],
+             "overhead_pct": round(100 * (seconds - off) / off, 1)}
+            for name, seconds in best.items()
+        ],
+        "per_preview_ms": round(1000 * (every - off) / max(made["every step"], 1), 2),
+        "bound_at_default_interval_pct": round(100 * (every - off) / max(made["every step"], 1) / default_interval, 2),
+    }
+
+
+def _preview_table(previews: dict[str, Any], size: int) -> str:
+    lines = [
+        f"live previews: one batch of {previews['batch']} at {size}x{size}, {previews['steps']} steps",
+        "previews | ms | previews made | overhead",
+    ]
+    for row in previews["rows"]:
+        lines.append(f"{row['previews']} | {row['ms']} | {row['previews_made']} | {row['overhead_pct']}%")
+    lines.append(
+        f"one preview costs {previews['per_preview_ms']} ms: at most {previews['bound_at_default_interval_pct']}% "
+        "of generation time at the default interval"
+    )
+    return "\n".join(lines)
+
+
 @contextmanager
 def _stage_timers(engine: DiffusionEngine, sync: Callable[[], None]) -> Iterator[dict[str, float]]:
     """Time the text encoder, UNet and VAE decoder by wrapping them on the instance."""
@@ -262,6 +337,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=8, help="one-image jobs per measurement")
     parser.add_argument("--size", type=int, default=None, help="image side; default: the model's native size")
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per setting (best is kept)")
+    parser.add_argument("--preview-batch", type=int, default=4, help="images in the live-preview batch")
+    parser.add_argument("--preview-steps", type=int, default=30, help="steps of the live-preview batch")
     return parser.parse_args(argv)
 
 

@@ -6,13 +6,17 @@ remote workers, pickled across processes. Imports nothing of this project.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**32 - 1
+
+# Live previews as the engine hands them out: (step, total, one small JPEG per job of the batch, in
+# order; None for a job whose preview the safety checker flagged).
+PreviewCallback = Callable[[int, int, Sequence[bytes | None]], None]
 
 
 class JobKind(StrEnum):
@@ -200,10 +204,3 @@ class ImageRow(BaseModel):
     nsfw_score: float | None
     record: dict[str, Any]
     pruned_at: float | None = None  # retention deleted its file then (it is made again on demand)
-
-
-class StepCallback(Protocol):
-    """Told after each denoising step. `previews`, on the steps that have them, holds one small
-    JPEG per job of the batch (in order), None for a job whose preview the safety checker flagged."""
-
-    def __call__(self, step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None: ...

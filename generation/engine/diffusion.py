@@ -68,7 +68,7 @@ from sdbot.types import (
     GenerationRecord,
     JobOutput,
     PipelineKind,
-    StepCallback,
+    PreviewCallback,
 )
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,12 @@ class DiffusionEngine:
     def run_batch(
         self,
         batch: Sequence[GenerationParams],
-        on_step: StepCallback,
+        on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]:
+        """`on_preview(step, total, previews)`, when given and previews are on, gets a JPEG per job
+        (None where the safety checker flagged it) every SDBOT_PREVIEW_INTERVAL_S of generation."""
         if not batch:
             return []
         started = time.perf_counter()
@@ -246,7 +249,7 @@ class DiffusionEngine:
                 self._add_input_warnings(job)
             if should_stop():
                 raise Cancelled("cancelled before generation started")
-            produced, verdicts = self._generate(jobs, on_step, should_stop)
+            produced, verdicts = self._generate(jobs, on_step, should_stop, on_preview)
             generated = time.perf_counter()
             results = list(zip(produced.images, verdicts, strict=True))
             outputs = []
@@ -299,7 +302,11 @@ class DiffusionEngine:
     # -- generation -------------------------------------------------------------------------------
 
     def _generate(
-        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
+        self,
+        jobs: list[_Job],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None,
     ) -> tuple[_Produced, list[SafetyVerdict | None]]:
         """Run the pipeline and the safety check, mapping device OOM and cancellation."""
         try:
@@ -308,7 +315,7 @@ class DiffusionEngine:
                 if jobs[0].params.pipeline is PipelineKind.UPSCALE:
                     produced = self._upscale(jobs, on_step, should_stop)
                 else:
-                    produced = self._diffuse(jobs, on_step, should_stop)
+                    produced = self._diffuse(jobs, on_step, should_stop, on_preview)
                 checked = time.perf_counter()
                 verdicts: list[SafetyVerdict | None] = (
                     list(self._safety.check(produced.images)) if self._safety else [None] * len(produced.images)
@@ -330,7 +337,11 @@ class DiffusionEngine:
         )
 
     def _diffuse(
-        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
+        self,
+        jobs: list[_Job],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None,
     ) -> _Produced:
         params = jobs[0].params
         loaded = self._text2img if params.pipeline is PipelineKind.TEXT2IMG else self._img2img
@@ -346,16 +357,16 @@ class DiffusionEngine:
         _set_vae_tiling(pipe.vae, params.width * params.height)
 
         counts = [len(job.params.seeds) for job in jobs]
-        previews = self._previews
+        previews = self._previews if on_preview is not None else None  # nobody watching: no cost
         if previews is not None:
             previews.start()
 
         def step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             step, total = index + 1, pipe.num_timesteps
-            if previews is not None and previews.due(step, total):
-                on_step(step, total, _preview(previews, tensors["latents"], counts))
-            else:
-                on_step(step, total)
+            on_step(step, total)
+            if previews is not None and on_preview is not None and previews.due(step, total):
+                if (made := _preview(previews, tensors["latents"], counts)) is not None:
+                    on_preview(step, total, made)
             if should_stop():
                 raise _Stop
             return {}
@@ -401,7 +412,7 @@ class DiffusionEngine:
             raise InvalidRequest(str(error)) from None
 
     def _upscale(
-        self, jobs: list[_Job], on_step: StepCallback, should_stop: Callable[[], bool]
+        self, jobs: list[_Job], on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
     ) -> _Produced:
         params = jobs[0].params
         size = (2 * params.width, 2 * params.height)

@@ -50,8 +50,11 @@ class PreviewMaker:
     def make(self, latents: torch.Tensor, counts: Sequence[int]) -> list[bytes | None]:
         """One JPEG per job; `counts` is each job's number of images, in batch order (padding
         rows beyond them are ignored)."""
-        images = self._decode(latents[: sum(counts)])
-        verdicts = self._safety.check(images) if self._safety is not None else []
+        try:
+            images = self._decode(latents[: sum(counts)])
+            verdicts = self._safety.check(images) if self._safety is not None else []
+        finally:  # a failed preview waits its interval too, so it cannot cost every step
+            self._last = time.monotonic()
         flagged = [verdict.flagged for verdict in verdicts] or [False] * len(images)
         previews: list[bytes | None] = []
         start = 0
@@ -59,7 +62,6 @@ class PreviewMaker:
             own = slice(start, start + count)
             previews.append(None if any(flagged[own]) else encode_grid(images[own]))
             start += count
-        self._last = time.monotonic()
         return previews
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:

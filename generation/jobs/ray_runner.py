@@ -47,7 +47,7 @@ from generation.engine.diffusion import DiffusionEngine
 from generation.errors import ModelLoadError, WorkerLost
 from generation.jobs.runners import LocalRunner
 from sdbot.settings import Settings
-from sdbot.types import GenerationParams, JobOutput
+from sdbot.types import GenerationParams, JobOutput, PreviewCallback
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ class RayRunner:
         batch: Sequence[GenerationParams],
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]:
-        """Run one engine call on the actor; raises what the engine raises, or `WorkerLost` if the
+        """Run one engine call on the actor (`on_preview` is never called: no previews on Ray); raises what the engine raises, or `WorkerLost` if the
         actor died. An empty batch is a liveness probe: it returns [] once the actor answers."""
         call = next(self._calls)
         watcher = asyncio.create_task(self._stop_when(should_stop, call))

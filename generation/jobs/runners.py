@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
-from sdbot.types import GenerationParams, JobOutput, StepCallback
+from sdbot.types import GenerationParams, JobOutput, PreviewCallback
 
 
 class Engine(Protocol):
     """What the worker needs from an engine; the real one is `generation.engine.diffusion.DiffusionEngine`.
 
     `run_batch` is blocking (it runs on a worker thread or a remote process). All params in one
-    call share a batch key. `on_step(step, total)` is called after each denoising step, with a
-    third argument on the steps that have live previews (see `StepCallback`);
+    call share a batch key. `on_step(step, total)` is called after each denoising step;
+    `on_preview(step, total, previews)`, when given, on the steps that have live previews;
     when `should_stop()` turns true the engine stops between steps and raises `Cancelled`.
     It returns one `JobOutput` per params, in order, and raises `OutOfMemory` when the batch
     does not fit on the device.
@@ -26,8 +27,9 @@ class Engine(Protocol):
     def run_batch(
         self,
         batch: Sequence[GenerationParams],
-        on_step: StepCallback,
+        on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]: ...
 
 
@@ -35,10 +37,11 @@ class BatchRunner(Protocol):
     async def run(
         self,
         batch: Sequence[GenerationParams],
-        on_step: StepCallback,
+        on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]:
-        """Run one engine call. `on_step(step, total[, previews])` is called on the event loop;
+        """Run one engine call. `on_step` and `on_preview` are called on the event loop;
         `should_stop` may be called from any thread. Raises what the engine raises."""
         ...
 
@@ -59,21 +62,26 @@ class LocalRunner:
     async def run(
         self,
         batch: Sequence[GenerationParams],
-        on_step: StepCallback,
+        on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]:
         loop = asyncio.get_running_loop()
 
-        def step_from_thread(step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None:
-            args = (step, total) if previews is None else (step, total, previews)
-            try:
-                loop.call_soon_threadsafe(on_step, *args)
-            except RuntimeError:  # the loop closed under a call that outlived it: nobody listens
-                pass
+        def on_loop(callback: Callable[..., None]) -> Callable[..., None]:
+            def from_thread(*args: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(callback, *args)
+                except RuntimeError:  # the loop closed under a call that outlived it: nobody listens
+                    pass
 
-        return await loop.run_in_executor(
-            self._executor, self._engine.run_batch, batch, step_from_thread, should_stop
+            return from_thread
+
+        run = partial(
+            self._engine.run_batch, batch, on_loop(on_step), should_stop,
+            on_preview=None if on_preview is None else on_loop(on_preview),
         )
+        return await loop.run_in_executor(self._executor, run)
 
     def close(self) -> None:
         """Drop calls not yet started; one in progress finishes (or stops) on its own."""

@@ -247,17 +247,20 @@ class Worker:
         def should_stop() -> bool:  # called from the engine's thread: reads flags only
             return self._abandoned or time.monotonic() > deadline or all_cancelled()
 
-        def on_step(step: int, total: int, previews: Sequence[bytes | None] | None = None) -> None:
-            for index, job_id in enumerate(ids):
+        def on_step(step: int, total: int) -> None:
+            for job_id in ids:
                 if job_id in self._batch and job_id not in self._cancelled:
                     self._listener.job_progress(job_id, step, total)
-                    if previews and (preview := previews[index]) is not None:
-                        self._listener.job_preview(job_id, step, total, preview)
+
+        def on_preview(step: int, total: int, previews: Sequence[bytes | None]) -> None:
+            for job_id, preview in zip(ids, previews, strict=True):
+                if preview is not None and job_id in self._batch and job_id not in self._cancelled:
+                    self._listener.job_preview(job_id, step, total, preview)
 
         started = time.monotonic()
         try:
             outputs = await asyncio.wait_for(
-                self._runner.run([task.params for task in live], on_step, should_stop), timeout
+                self._runner.run([task.params for task in live], on_step, should_stop, on_preview), timeout
             )
             if len(outputs) != len(live):
                 raise RuntimeError(f"the engine returned {len(outputs)} results for {len(live)} jobs")

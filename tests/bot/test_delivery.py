@@ -159,10 +159,10 @@ class _FailingEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self._engine, name)
 
-    def run_batch(self, batch, on_step, should_stop):  # type: ignore[no-untyped-def]
+    def run_batch(self, batch, on_step, should_stop, on_preview=None):  # type: ignore[no-untyped-def]
         if any("explode" in params.prompt for params in batch):
             raise RuntimeError("the GPU caught fire")
-        return self._engine.run_batch(batch, on_step, should_stop)
+        return self._engine.run_batch(batch, on_step, should_stop, on_preview)
 
 
 async def test_a_failed_job_is_reported_with_its_id_and_refunded(

@@ -58,11 +58,11 @@ class _DyingEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self._engine, name)
 
-    def run_batch(self, batch, on_step, should_stop):  # type: ignore[no-untyped-def]
+    def run_batch(self, batch, on_step, should_stop, on_preview=None):  # type: ignore[no-untyped-def]
         if self.dead or any("power cut" in params.prompt for params in batch):
             self.dead = True
             raise WorkerLost("the worker process is gone")
-        return self._engine.run_batch(batch, on_step, should_stop)
+        return self._engine.run_batch(batch, on_step, should_stop, on_preview)
 
 
 @pytest.fixture

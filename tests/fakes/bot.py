@@ -27,12 +27,12 @@ class SlowedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def run_batch(self, batch: Any, on_step: Any, should_stop: Any) -> Any:
-        def slow_step(step: int, total: int, *previews: Any) -> None:
+    def run_batch(self, batch: Any, on_step: Any, should_stop: Any, on_preview: Any = None) -> Any:
+        def slow_step(step: int, total: int) -> None:
             time.sleep(self.step_s)
-            on_step(step, total, *previews)
+            on_step(step, total)
 
-        return self._engine.run_batch(batch, slow_step, should_stop)
+        return self._engine.run_batch(batch, slow_step, should_stop, on_preview)
 
 
 class BotHarness:

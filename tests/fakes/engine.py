@@ -32,6 +32,7 @@ from sdbot.types import (
     JobRow,
     NewJob,
     PipelineKind,
+    PreviewCallback,
 )
 
 FAIL_MARKER = "explode"  # a prompt containing this makes the engine raise
@@ -59,6 +60,7 @@ class FakeEngine:
         batch: Sequence[GenerationParams],
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,  # makes none
     ) -> list[JobOutput]:
         if not batch:  # a liveness probe, as the worker sends after losing its runner
             return []

@@ -30,8 +30,14 @@ Steps = list[tuple[int, int, Sequence[bytes | None] | None]]
 
 
 def run(engine: DiffusionEngine, batch: list[GenerationParams]) -> tuple[list[JobOutput], Steps]:
+    """Each step with the previews it brought (None: none)."""
     steps: Steps = []
-    outputs = engine.run_batch(batch, lambda step, total, previews=None: steps.append((step, total, previews)), lambda: False)
+
+    def on_preview(step: int, total: int, previews: Sequence[bytes | None]) -> None:
+        assert steps[-1] == (step, total, None)  # told after the step's progress
+        steps[-1] = (step, total, previews)
+
+    outputs = engine.run_batch(batch, lambda step, total: steps.append((step, total, None)), lambda: False, on_preview)
     return outputs, steps
 
 
