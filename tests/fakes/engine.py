@@ -60,7 +60,7 @@ class FakeEngine:
         batch: Sequence[GenerationParams],
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
-        on_preview: PreviewCallback | None = None,  # makes none
+        on_preview: PreviewCallback | None = None,
     ) -> list[JobOutput]:
         if not batch:  # a liveness probe, as the worker sends after losing its runner
             return []
@@ -85,8 +85,15 @@ class FakeEngine:
             time.sleep(self.step_s)
             self.steps_run[-1] = step
             on_step(step, total)
+            if on_preview is not None and step < total:
+                on_preview(step, total, [fake_preview(params, step) for params in batch])
         elapsed = (time.monotonic() - started) / len(batch)
         return [_output(params, elapsed) for params in batch]
+
+
+def fake_preview(params: GenerationParams, step: int) -> bytes | None:
+    """What the fake engine hands out as a job's preview at a step: none for a flagged job."""
+    return None if FLAG_MARKER in params.prompt else f"preview|{params.prompt}|{step}".encode()
 
 
 def fake_pixels(params: GenerationParams, seed: int) -> bytes:
@@ -135,6 +142,7 @@ class RecordingListener:
     def __init__(self) -> None:
         self.started: list[JobRow] = []
         self.progress: dict[int, list[tuple[int, int]]] = {}
+        self.previews: dict[int, list[bytes]] = {}
         self.finished: dict[int, tuple[JobRow, list[ImageRow], JobOutput | None]] = {}
         self.finish_order: list[int] = []
 
@@ -143,6 +151,9 @@ class RecordingListener:
 
     def job_progress(self, job_id: int, step: int, total: int) -> None:
         self.progress.setdefault(job_id, []).append((step, total))
+
+    def job_preview(self, job_id: int, step: int, total: int, image: bytes) -> None:
+        self.previews.setdefault(job_id, []).append(image)
 
     async def job_finished(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> None:
         self.finished[job.id] = (job, images, output)

@@ -93,6 +93,23 @@ async def test_progress_is_reported_per_step_for_every_job_of_the_batch(store: S
         assert listener.progress[job_id] == [(1, 3), (2, 3), (3, 3)]
 
 
+async def test_each_job_of_a_batch_gets_its_own_previews_and_a_flagged_one_none(store: Store, tmp_path: Path) -> None:
+    engine = FakeEngine(step_s=0.01)
+    async with running_scheduler(store, make_settings(tmp_path), engine, start=False) as (scheduler, listener):
+        plain, flagged, dropped = [
+            (await scheduler.submit(new_job(user, prompt=prompt, steps=30))).job.id
+            for user, prompt in ((1, "a fox"), (2, f"{FLAG_MARKER} fox"), (3, "a cat"))
+        ]
+        await scheduler.start()
+        await wait_until(lambda: dropped in listener.previews)
+        assert await scheduler.cancel(dropped, "by its owner")
+        await listener.wait_finished(plain, flagged, dropped)
+    assert len(engine.calls) == 1  # one batch
+    assert listener.previews[plain] == [f"preview|a fox|{step}".encode() for step in range(1, 30)]
+    assert flagged not in listener.previews  # the engine withheld it: nothing reaches the bot
+    assert 0 < len(listener.previews[dropped]) < 29  # none after its cancellation
+
+
 async def test_failing_job_is_isolated_and_refunded(store: Store, tmp_path: Path) -> None:
     engine = FakeEngine()
     async with running_scheduler(store, make_settings(tmp_path), engine, start=False) as (scheduler, listener):
