@@ -154,6 +154,7 @@ def load_preview_decoder(
             _name(setting), model_id, decoder.config.latent_channels, pipe.vae.config.latent_channels,
         )
         return None
+    log.info("live previews decoded with %s", model_id)
     return decoder.to(device).eval()
 
 
