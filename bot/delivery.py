@@ -281,7 +281,7 @@ class Delivery:
         pause = 0.0
         try:
             await self._edit_reply(job, **changes)
-        except discord.HTTPException as error:  # an edit with attachments raises: a preview is no result
+        except discord.HTTPException as error:  # `_edit_reply` raises for edits with files; a preview may fail
             log.debug("job %s: preview edit failed: %s", job.id, error)
             if error.status == 429:
                 pause = float(error.response.headers.get("Retry-After", 1.0))
