@@ -77,3 +77,13 @@ async def test_a_rate_limit_pauses_the_message_edits(harness: BotHarness) -> Non
     limited = next(index for index, edit in enumerate(edits) if edit.status == 429)
     assert edits[limited + 1].at - edits[limited].at >= 0.8 - 0.02  # nothing until retry_after passed
     assert any(preview_names(edit) for edit in result.history)  # previews went on afterwards
+
+
+async def test_a_job_cancelled_under_a_preview_ends_without_it(harness: BotHarness) -> None:
+    fake = harness.fake
+    handle = await fake.slash(fake.member, "imagine", prompt="a change of mind", count=1, steps=STEPS * 2)
+    shown = await handle.wait_original(lambda m: any("preview" in a.filename for a in m.attachments), timeout=30)
+    click = await fake.click(fake.member, shown, shown.button(label="Cancel")["custom_id"])
+    await click.wait_response()
+    ended = await handle.wait_original(lambda m: "cancelled" in m.content, timeout=30)
+    assert ended.attachments == []  # the preview went with the job
