@@ -146,7 +146,7 @@ class Admission:
         async with self._member_locks[flow]:
             self._scheduler.check_can_submit(flow, len(new_jobs))
             quota = await self._store.quota(*flow)
-            images = sum(params.image_count for params in batch)
+            images = sum(params.charged_images for params in batch)
             if quota.limit is not None and quota.used + images > quota.limit:
                 raise QuotaExceeded(quota.limit, quota.used, images, quota.resets_at)
             queues = [functools.partial(self._scheduler.submit, new_job) for new_job in new_jobs]
