@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import discord
 
-from bot.attachments import save_upload
+from bot.attachments import download_upload, keep_upload, save_upload
+from bot.describing import DescribeAction
 from bot.delivery import Delivery
 from bot.errors import UserError
 from bot.permissions import is_moderator
@@ -26,6 +27,7 @@ from generation import requests
 from generation.engine.prompt_embeds import PromptReading
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import JobScheduler
+from generation.png_info import read_made_with
 from generation.prompt_syntax import PromptSyntaxError
 from generation.requests import MAX_STYLES, RequestLimits
 from generation.styles import Style, match_styles
@@ -99,7 +101,7 @@ class Admission:
         self._member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         # Recent button presses (member, message, button) -> the job the first one made: a double
         # click makes one job, not two.
-        self._presses: dict[tuple[int, int, Action, int, int | None], asyncio.Future[JobRow | None]] = {}
+        self._presses: dict[tuple[int, int, str, int, int | None], asyncio.Future[JobRow | None]] = {}
 
     async def submit(
         self,
@@ -284,6 +286,42 @@ class Admission:
             source_path=Path(job.source_path) if job.source_path else None,
         ))
 
+    async def describe(self, interaction: discord.Interaction, image: discord.Attachment) -> JobRow | None:
+        """Prompt suggestions for an uploaded picture (and its metadata, shown with them)."""
+        if self.settings.describe_model_id.strip().lower() == "none":
+            raise UserError("/describe is turned off on this bot.")
+        data = await download_upload(image)
+        path, checked = await asyncio.to_thread(
+            keep_upload, data, image.filename, self.limits.max_upload_pixels, self.settings.output_dir / "uploads"
+        )
+        width, height = checked.first_frame.size
+        params = requests.describe(self.limits, self.model.native_size, width, height)
+        notes = ["an animated picture: its first frame was described"] if checked.animated else []
+        return _first(await self.submit(interaction, JobKind.DESCRIBE, [params], notes=notes, source_path=path))
+
+    async def _describe_action(
+        self, interaction: discord.Interaction, action: DescribeAction, job_id: int, number: int | None
+    ) -> JobRow | None:
+        job = await self.find_job(interaction, job_id)
+        source = Path(job.source_path) if job.source_path else None
+        if source is None or not source.is_file():
+            raise UserError(f"The picture of /describe #{job_id} is no longer kept; upload it again.")
+        if action is DescribeAction.MORE:
+            return _first(await self.submit(
+                interaction, JobKind.DESCRIBE, [requests.describe_more(job)], source_path=source
+            ))
+        if action is DescribeAction.REUSE:
+            made_with = await asyncio.to_thread(read_made_with, await asyncio.to_thread(source.read_bytes))
+            if made_with is None:
+                raise UserError("This picture carries no generation settings to reuse.")
+            params = requests.reuse(self.limits, made_with, self.model.native_size)
+            return _first(await self.submit(interaction, JobKind.IMAGINE, [params]))
+        suggestions = await self._store.suggestions(job.id)
+        if number is None or not 1 <= number <= len(suggestions):
+            raise UserError(f"/describe #{job_id} has no suggestion {number}.")
+        imagined = requests.from_suggestion(self.limits, job, suggestions[number - 1], self.model.native_size)
+        return _first(await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes))
+
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         """Cancel a queued or running job: the owner's own, or anyone's for a moderator."""
         job = await self.find_job(interaction, job_id)
@@ -305,7 +343,28 @@ class Admission:
         if action == Action.CANCEL:
             await self.cancel(interaction, job_id)
             return
-        key = (interaction.user.id, interaction.message.id if interaction.message else 0, action, job_id, number)
+        await self._press_once(
+            interaction, action, job_id, number, lambda: self._new_job_for(interaction, action, job_id, number)
+        )
+
+    async def describe_press(
+        self, interaction: discord.Interaction, action: DescribeAction, job_id: int, number: int | None
+    ) -> None:
+        """A /describe button: imagine suggestion `number`, describe again, or reuse the settings."""
+        await self._press_once(
+            interaction, f"describe-{action}", job_id, number,
+            lambda: self._describe_action(interaction, action, job_id, number),
+        )
+
+    async def _press_once(
+        self,
+        interaction: discord.Interaction,
+        button: str,
+        job_id: int,
+        number: int | None,
+        new_job: Callable[[], Awaitable[JobRow | None]],
+    ) -> None:
+        key = (interaction.user.id, interaction.message.id if interaction.message else 0, button, job_id, number)
         if (earlier := self._presses.get(key)) is not None:
             await self._answer_repeat(interaction, earlier)
             return
@@ -313,7 +372,7 @@ class Admission:
         self._presses[key] = first
         asyncio.get_running_loop().call_later(PRESS_WINDOW_S, self._presses.pop, key, None)
         try:
-            first.set_result(await self._new_job_for(interaction, action, job_id, number))
+            first.set_result(await new_job())
         except BaseException:
             first.set_result(None)
             raise

@@ -12,6 +12,7 @@ import discord
 from PIL import Image, UnidentifiedImageError
 
 from bot.errors import UserError
+from generation.requests import SOURCE_FORMATS
 
 MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
@@ -84,6 +85,19 @@ def normalise_upload(data: bytes, filename: str, max_pixels: int, folder: Path) 
     path = new_upload_path(folder, "png")
     picture.save(path, format="PNG")
     return path, picture.width, picture.height
+
+
+def keep_upload(data: bytes, filename: str, max_pixels: int, folder: Path) -> tuple[Path, CheckedUpload]:
+    """Verify and store an upload as it came when the engine reads its format (PNG, JPEG, WebP),
+    so its metadata stays readable; other formats are stored as a PNG of their first frame."""
+    checked = check_upload(data, filename, max_pixels)
+    if checked.format in SOURCE_FORMATS:
+        path = new_upload_path(folder, checked.format.lower())
+        path.write_bytes(data)
+    else:
+        path = new_upload_path(folder, "png")
+        checked.first_frame.save(path, format="PNG")
+    return path, checked
 
 
 def new_upload_path(folder: Path, extension: str) -> Path:

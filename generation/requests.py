@@ -333,6 +333,11 @@ def describe(
     )
 
 
+def describe_more(job: JobRow) -> GenerationParams:
+    """🔄 on a /describe answer: four sampled suggestions of the same picture, from a new seed."""
+    return job.params().model_copy(update={"seeds": seeds(1), "steps": DESCRIBE_SUGGESTIONS})
+
+
 def from_suggestion(limits: RequestLimits, describe_job: JobRow, prompt: str, native_size: int) -> Imagined:
     """An /imagine of one /describe suggestion, in the described picture's shape."""
     return imagine(limits, prompt=prompt, native_size=native_size, size=(describe_job.width, describe_job.height))
