@@ -18,8 +18,8 @@ from pathlib import Path
 import discord
 
 from bot.attachments import download_upload, keep_upload, save_upload
-from bot.describing import DescribeAction
 from bot.delivery import Delivery
+from bot.describing import DescribeAction
 from bot.errors import UserError
 from bot.permissions import is_moderator
 from bot.views import Action
