@@ -33,7 +33,7 @@ _PROMPT_SYNTAX = re.compile(r"[()\[\]{}<>|\\`*_~#@]")
 
 def phrases(caption: str) -> list[str]:
     """The caption's sentences and clauses as prompt phrases, framing and leading articles dropped."""
-    text = _PROMPT_SYNTAX.sub(" ", normalise_text(caption))
+    text = normalise_text(_PROMPT_SYNTAX.sub(" ", caption))
     found: list[str] = []
     for sentence in _SENTENCE_END.split(text):
         sentence = _FRAMING.sub("", sentence.strip())

@@ -57,8 +57,9 @@ def read_made_with(data: bytes) -> MadeWith | None:
     if info is None or not info.samplers:
         return None
     sampler = info.samplers[0]
-    parameters: dict[str, Any] = dict(sampler.parameters)
-    width, height = _size(info.metadata, parameters)
+    # Generators file a setting under the sampler or the image (NovelAI's steps): look in both.
+    parameters: dict[str, Any] = {**info.metadata, **sampler.parameters}
+    width, height = _size(parameters)
     return MadeWith(
         generator=str(info.generator.value),
         prompt=info.full_prompt,
@@ -80,11 +81,10 @@ def _number(value: object, kind: type[int] | type[float]) -> Any:
         return None
 
 
-def _size(metadata: dict[Any, Any], parameters: dict[str, Any]) -> tuple[int | None, int | None]:
+def _size(parameters: dict[str, Any]) -> tuple[int | None, int | None]:
     """`Size: 512x768` (A1111) or separate width and height entries (ComfyUI, NovelAI)."""
-    size = str(metadata.get("Size") or metadata.get("size") or "")
+    size = str(parameters.get("Size") or parameters.get("size") or "")
     width, _, height = size.partition("x")
     if width.strip().isdigit() and height.strip().isdigit():
         return int(width), int(height)
-    found = {**metadata, **parameters}
-    return _number(found.get("width"), int), _number(found.get("height"), int)
+    return _number(parameters.get("width"), int), _number(parameters.get("height"), int)

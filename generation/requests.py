@@ -345,8 +345,8 @@ def from_suggestion(limits: RequestLimits, describe_job: JobRow, prompt: str, na
 
 def reuse(limits: RequestLimits, made_with: MadeWith, native_size: int) -> GenerationParams:
     """The job an uploaded picture's metadata describes, run on this bot's model: its prompt,
-    negative prompt, seed, steps, guidance and size (defaults where the metadata says nothing, the
-    size fitted to the limits when it is outside them)."""
+    negative prompt, seed, steps, guidance and size (defaults where the metadata says nothing; a
+    size outside the limits becomes its shape at the model's pixel count)."""
     if not normalise_text(made_with.prompt):
         raise InvalidRequest("the picture's settings have no prompt to reuse")
     width, height = made_with.width, made_with.height
@@ -355,7 +355,7 @@ def reuse(limits: RequestLimits, made_with: MadeWith, native_size: int) -> Gener
     if not (limits.min_size <= width <= limits.max_size and limits.min_size <= height <= limits.max_size) or (
         width % 8 or height % 8
     ):
-        width, height = fit(width * height, width / height, limits)
+        width, height = fit(native_size * native_size, width / height, limits)
     return GenerationParams(
         pipeline=PipelineKind.TEXT2IMG,
         prompt=normalise_text(made_with.prompt),
