@@ -226,3 +226,17 @@ async def test_jobs_ended_before_delivery_was_tracked_are_not_posted_again(tmp_p
     assert [job.status for job in await upgraded.jobs_with_status(JobStatus.DONE)] == [JobStatus.DONE]
     assert await upgraded.undelivered_jobs() == []
     await upgraded.close()
+
+
+async def test_a_describe_job_charges_no_image_and_keeps_its_suggestions(store: Store) -> None:
+    caption = GenerationParams(pipeline=PipelineKind.CAPTION, seeds=(7,), steps=1, guidance=0.0, width=64, height=64)
+    job = await store.create_job(new_job().model_copy(update={"kind": JobKind.DESCRIBE, "params": caption}))
+    assert (job.kind, job.pipeline) == (JobKind.DESCRIBE, PipelineKind.CAPTION)
+    assert (await store.quota(GUILD, USER)).used == 0
+    assert await store.suggestions(job.id) == []
+    await store.save_suggestions(job.id, ["red fox, snow", "a fox"])
+    await store.save_suggestions(job.id, ["red fox, snow", "fox in winter", "fox", "snow"])
+    await store.finish_job(job.id, [])
+    assert await store.suggestions(job.id) == ["red fox, snow", "fox in winter", "fox", "snow"]
+    with pytest.raises(sqlite3.IntegrityError):  # the widened CHECK still refuses kinds nobody knows
+        await store._db.execute("UPDATE jobs SET kind = 'painting' WHERE id = ?", (job.id,))
