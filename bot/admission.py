@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,6 @@ import discord
 
 from bot.attachments import download_upload, keep_upload, save_upload
 from bot.delivery import Delivery
-from bot.describing import DescribeAction
 from bot.errors import UserError
 from bot.permissions import is_moderator
 from bot.views import Action
@@ -101,7 +100,7 @@ class Admission:
         self._member_locks: defaultdict[tuple[int, int], asyncio.Lock] = defaultdict(asyncio.Lock)
         # Recent button presses (member, message, button) -> the job the first one made: a double
         # click makes one job, not two.
-        self._presses: dict[tuple[int, int, str, int, int | None], asyncio.Future[JobRow | None]] = {}
+        self._presses: dict[tuple[int, int, Action, int, int | None], asyncio.Future[JobRow | None]] = {}
 
     async def submit(
         self,
@@ -300,17 +299,20 @@ class Admission:
         return _first(await self.submit(interaction, JobKind.DESCRIBE, [params], notes=notes, source_path=path))
 
     async def _describe_action(
-        self, interaction: discord.Interaction, action: DescribeAction, job_id: int, number: int | None
+        self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None
     ) -> JobRow | None:
+        """A /describe button: imagine suggestion `number`, describe again, or reuse the settings."""
         job = await self.find_job(interaction, job_id)
+        if job.kind is not JobKind.DESCRIBE:
+            raise UserError(f"Job #{job_id} is not a /describe.")
         source = Path(job.source_path) if job.source_path else None
         if source is None or not source.is_file():
             raise UserError(f"The picture of /describe #{job_id} is no longer kept; upload it again.")
-        if action is DescribeAction.MORE:
+        if action is Action.DESCRIBE:
             return _first(await self.submit(
                 interaction, JobKind.DESCRIBE, [requests.describe_more(job)], source_path=source
             ))
-        if action is DescribeAction.REUSE:
+        if action is Action.REUSE:
             made_with = await asyncio.to_thread(read_made_with, await asyncio.to_thread(source.read_bytes))
             if made_with is None:
                 raise UserError("This picture carries no generation settings to reuse.")
@@ -343,28 +345,7 @@ class Admission:
         if action == Action.CANCEL:
             await self.cancel(interaction, job_id)
             return
-        await self._press_once(
-            interaction, action, job_id, number, lambda: self._new_job_for(interaction, action, job_id, number)
-        )
-
-    async def describe_press(
-        self, interaction: discord.Interaction, action: DescribeAction, job_id: int, number: int | None
-    ) -> None:
-        """A /describe button: imagine suggestion `number`, describe again, or reuse the settings."""
-        await self._press_once(
-            interaction, f"describe-{action}", job_id, number,
-            lambda: self._describe_action(interaction, action, job_id, number),
-        )
-
-    async def _press_once(
-        self,
-        interaction: discord.Interaction,
-        button: str,
-        job_id: int,
-        number: int | None,
-        new_job: Callable[[], Awaitable[JobRow | None]],
-    ) -> None:
-        key = (interaction.user.id, interaction.message.id if interaction.message else 0, button, job_id, number)
+        key = (interaction.user.id, interaction.message.id if interaction.message else 0, action, job_id, number)
         if (earlier := self._presses.get(key)) is not None:
             await self._answer_repeat(interaction, earlier)
             return
@@ -372,7 +353,7 @@ class Admission:
         self._presses[key] = first
         asyncio.get_running_loop().call_later(PRESS_WINDOW_S, self._presses.pop, key, None)
         try:
-            first.set_result(await new_job())
+            first.set_result(await self._new_job_for(interaction, action, job_id, number))
         except BaseException:
             first.set_result(None)
             raise
@@ -382,6 +363,8 @@ class Admission:
     ) -> JobRow | None:
         if action == Action.REROLL:
             return await self.reroll(interaction, job_id)
+        if action in (Action.PROMPT, Action.DESCRIBE, Action.REUSE):
+            return await self._describe_action(interaction, action, job_id, number)
         source = await self.find_image(interaction, job_id, number or 1)
         if action == Action.UPSCALE:
             return await self.upscale(interaction, source)

@@ -12,7 +12,6 @@ from discord.ext import commands
 
 from bot.admission import Admission, ModelInfo
 from bot.delivery import Delivery
-from bot.describing import DescribeButton
 from bot.errors import CommandTree
 from bot.metrics import JobObserver, Metrics
 from bot.ops_server import HealthProbes, OpsServer
@@ -97,7 +96,7 @@ class SDBot(commands.Bot):
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(JobButton, DescribeButton)
+        self.add_dynamic_items(JobButton)
         await self._sync_commands()
         # Recovers jobs left queued or running by the last run, then starts the workers; then posts
         # what the last run finished but did not get to post.

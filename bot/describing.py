@@ -2,22 +2,19 @@
 numbered prompt suggestions, and the buttons `1`-`4`, `🔄` and "Reuse these settings".
 
 Everything shown comes from an upload or a captioner, so it is data: inside code blocks (backticks
-cannot close them) in an embed (which never pings anyone). Buttons carry their job in the
-custom_id (`sd:describe:<action>:<job>[:<n>]`) and keep working after a restart; a press is
-dispatched as the `describe_button` event (`bot.exts.describe` handles it).
+cannot close them) in an embed (which never pings anyone). The buttons are `bot.views.JobButton`s:
+persistent, pressed like the result buttons.
 """
 
 from __future__ import annotations
 
 import io
-import re
-from enum import StrEnum
-from typing import Any, Self
 
 import discord
 from PIL import Image
 
 from bot.render import EMBED_COLOUR, clip, describe
+from bot.views import Action, JobButton
 from generation.png_info import MadeWith
 from sdbot.types import JobRow
 
@@ -27,51 +24,13 @@ _NUMBERS = ("1️⃣", "2️⃣", "3️⃣", "4️⃣")
 _BACKTICK_STANDIN = "ˋ"
 
 
-class DescribeAction(StrEnum):
-    USE = "use"  # /imagine suggestion n
-    MORE = "more"  # four more suggestions
-    REUSE = "reuse"  # the job the picture's metadata describes
-
-
-_LABELS = {DescribeAction.MORE: "🔄", DescribeAction.REUSE: "Reuse these settings"}
-
-
-class DescribeButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:describe:(?P<action>use|more|reuse):(?P<job>\d+)(?::(?P<n>[1-4]))?",
-):
-    def __init__(
-        self, action: DescribeAction, job_id: int, number: int | None = None, *, row: int | None = None
-    ) -> None:
-        self.action, self.job_id, self.number = action, job_id, number
-        suffix = "" if number is None else f":{number}"
-        super().__init__(
-            discord.ui.Button(
-                label=str(number) if action is DescribeAction.USE else _LABELS[action],
-                style=discord.ButtonStyle.primary if action is DescribeAction.REUSE else discord.ButtonStyle.secondary,
-                custom_id=f"sd:describe:{action}:{job_id}{suffix}",
-            ),
-            row=row,
-        )
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        number = match["n"]
-        return cls(DescribeAction(match["action"]), int(match["job"]), None if number is None else int(number))
-
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        interaction.client.dispatch("describe_button", interaction, self.action, self.job_id, self.number)
-
-
 def describe_view(job: JobRow, suggestions: list[str], made_with: MadeWith | None) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for number in range(1, len(suggestions) + 1):
-        view.add_item(DescribeButton(DescribeAction.USE, job.id, number, row=0))
-    view.add_item(DescribeButton(DescribeAction.MORE, job.id, row=0))
+        view.add_item(JobButton(Action.PROMPT, job.id, number, row=0))
+    view.add_item(JobButton(Action.DESCRIBE, job.id, row=0))
     if made_with is not None and made_with.prompt:
-        view.add_item(DescribeButton(DescribeAction.REUSE, job.id, row=1))
+        view.add_item(JobButton(Action.REUSE, job.id, row=1))
     return view
 
 

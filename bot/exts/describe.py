@@ -1,4 +1,5 @@
-"""/describe and the message command "Describe image": prompt suggestions for a picture."""
+"""/describe and the message command "Describe image": prompt suggestions for a picture (its buttons
+are result buttons, handled by `bot.exts.buttons`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
-from bot.describing import DescribeAction
-from bot.errors import UserError, reply_with_error
+from bot.errors import UserError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -44,15 +44,6 @@ class Describe(commands.Cog):
 
     async def describe_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         await self.bot.admission.describe(interaction, first_picture(message))
-
-    @commands.Cog.listener()
-    async def on_describe_button(
-        self, interaction: discord.Interaction, action: DescribeAction, job_id: int, number: int | None
-    ) -> None:
-        try:
-            await self.bot.admission.describe_press(interaction, action, job_id, number)
-        except Exception as error:  # noqa: BLE001 - buttons have no command tree: the same error path
-            await reply_with_error(interaction, error)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -110,11 +110,11 @@ async def test_describe_image_on_a_message(harness: BotHarness) -> None:
 async def test_bad_input_is_refused_privately_and_charges_nothing(harness: BotHarness) -> None:
     fake, store = harness.fake, harness.store
     assert store is not None
+    bomb = io.BytesIO()  # made first: encoding it blocks this loop, which the bot shares
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")
     text_only = await fake.post_message(fake.member, "no picture here")
     refused = [await fake.message_command(fake.member, "Describe image", text_only)]
     refused.append(await fake.slash(fake.member, "describe", image=fake.make_attachment(b"%PDF-1.4", "notes.pdf")))
-    bomb = io.BytesIO()
-    Image.new("1", (20000, 20000)).save(bomb, format="PNG")
     refused.append(await fake.slash(fake.member, "describe", image=fake.make_attachment(bomb.getvalue(), "bomb.png")))
     for handle in refused:
         await handle.wait_response()
