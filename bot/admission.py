@@ -280,8 +280,10 @@ class Admission:
         if job.source_job_id is not None and job.source_index is not None:
             images = await self._store.images(job.source_job_id)
             source = next((i for i in images if i.idx == job.source_index), None)
+        # A /describe rerolled describes again (its answer, not an empty image result).
+        kind = JobKind.DESCRIBE if job.kind is JobKind.DESCRIBE else JobKind.REROLL
         return _first(await self.submit(
-            interaction, JobKind.REROLL, [requests.reroll(job, seed)], source=source,
+            interaction, kind, [requests.reroll(job, seed)], source=source,
             source_path=Path(job.source_path) if job.source_path else None,
         ))
 
