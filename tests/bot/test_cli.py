@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bot.cli import _imagine_batches, imagine_to_files
 from generation.engine.diffusion import DiffusionEngine
@@ -106,10 +106,10 @@ def test_describe_prints_four_suggestions_and_the_settings_a_picture_carries(
         "SDBOT_DESCRIBE_MODEL_ID": str(tiny_models.describer),
         "SDBOT_DEVICE": "cpu",
     }
-    made = sdbot("imagine", "a quiet harbour", "--seed", "9", "--steps", "1", "--out", "out", env=env, cwd=tmp_path)
-    assert made.returncode == 0, made.stderr
-    picture = made.stdout.split("\t")[0]
-    result = sdbot("describe", picture, env=env, cwd=tmp_path)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a quiet harbour\nSteps: 1, Sampler: Euler, CFG scale: 0, Seed: 9, Size: 64x64")
+    Image.new("RGB", (64, 64), "teal").save(tmp_path / "harbour.png", pnginfo=info)
+    result = sdbot("describe", "harbour.png", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "prompt: a quiet harbour" in result.stdout and "seed: 9" in result.stdout
     numbered = [line for line in result.stdout.splitlines() if line[:3] in {"1. ", "2. ", "3. ", "4. "}]
