@@ -21,11 +21,17 @@ check of the batch; `per_preview_ms` divided by the interval bounds the overhead
 Prompt encoding (issue 17): `encode_batch` of a plain short prompt against a weighted prompt of
 about 300 tokens (four CLIP chunks), and the extra cost as a share of one 4-step image at the
 benchmark size.
+
+/describe (issue 19): latency of one caption job (first /describe: three beam-searched captions and
+one sampled; 🔄: four sampled) on a 512x384 picture, the model's first load timed apart. The tiny
+random Florence-2 by default; `--describe-model florence-community/Florence-2-base` (or a folder)
+measures the real one.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import tempfile
@@ -43,10 +49,14 @@ if __name__ == "__main__" and not __package__:
     # module would shadow the `generation` package; put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from PIL import Image
+
+from generation import requests
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
 from generation.engine.prompt_embeds import count_tokens, encode_batch
 from generation.engine.tiny_models import make_tiny_models
+from generation.requests import RequestLimits
 from sdbot.types import GenerationParams, PipelineKind
 
 SUBJECTS = ["lighthouse", "red fox", "castle", "harbour", "forest path", "robot", "teapot", "mountain lake"]
@@ -63,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         shape = "tiny" if args.model == "tiny" else "sd-turbo"
         print(f"building the {args.model} model in {folder} ...", file=sys.stderr)
         paths = make_tiny_models(Path(folder), shape=shape)
-        engine = DiffusionEngine.load(paths.engine_config(device=args.device))
+        describer = {"describe_model_id": args.describe_model} if args.describe_model else {}
+        engine = DiffusionEngine.load(paths.engine_config(device=args.device, **describer))
         size = args.size or engine.native_size
         rows = [
             _measure(engine, size, batch, steps, args.jobs, args.repeats)
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         previews = _previews(
             paths.engine_config(device=args.device), size, args.preview_batch, args.preview_steps, args.repeats
         )
+        describe = _describe_latency(engine, min(args.repeats, 3))
     report = {
         "model": args.model,
         "device": engine.device,
@@ -84,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "prompt_encoding": encoding,
         "previews": previews,
+        "describe": describe,
     }
     print(_table(report))
     print(
@@ -92,7 +105,39 @@ def main(argv: list[str] | None = None) -> None:
         f"4-step {size}x{size} image ({encoding['image_4_steps_ms']} ms)"
     )
     print(_preview_table(previews, size))
+    print(
+        f"describe ({describe['model']}): first load {describe['load_s']} s; a /describe "
+        f"{describe['first_ms']} ms, a 🔄 {describe['more_ms']} ms (best of {describe['repeats']})"
+    )
     print(json.dumps(report, indent=2))
+
+
+def _describe_latency(engine: DiffusionEngine, repeats: int) -> dict[str, Any]:
+    """Seconds to load the captioner (its first job minus a warm one), then best-of-`repeats` ms of
+    a first /describe and of a 🔄."""
+    picture = io.BytesIO()
+    Image.new("RGB", (512, 384), (40, 90, 160)).save(picture, format="PNG")
+    limits = RequestLimits(min_size=64, max_size=1024, max_steps=50, max_count=4, max_prompt_chars=1000)
+    first = requests.describe(limits, engine.native_size, 512, 384).model_copy(
+        update={"source_image": picture.getvalue(), "seeds": (1,)}
+    )
+    more = first.model_copy(update={"steps": requests.DESCRIBE_SUGGESTIONS})
+
+    def run(params: GenerationParams) -> float:
+        started = time.perf_counter()
+        engine.run_batch([params], lambda step, total: None, lambda: False)
+        return time.perf_counter() - started
+
+    cold = run(first)
+    first_s = min(run(first) for _ in range(repeats))
+    more_s = min(run(more) for _ in range(repeats))
+    return {
+        "model": engine.config.describe_model_id,
+        "load_s": round(max(0.0, cold - first_s), 2),
+        "first_ms": round(1000 * first_s, 1),
+        "more_ms": round(1000 * more_s, 1),
+        "repeats": repeats,
+    }
 
 
 def _measure(engine: DiffusionEngine, size: int, batch: int, steps: int, jobs: int, repeats: int) -> dict[str, Any]:
@@ -339,6 +384,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per setting (best is kept)")
     parser.add_argument("--preview-batch", type=int, default=4, help="images in the live-preview batch")
     parser.add_argument("--preview-steps", type=int, default=30, help="steps of the live-preview batch")
+    parser.add_argument("--describe-model", help="Florence-2 hub id or folder for /describe (default: tiny random)")
     return parser.parse_args(argv)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import discord
 
-from bot.attachments import save_upload
+from bot.attachments import download_upload, keep_upload, save_upload
 from bot.delivery import Delivery
 from bot.errors import UserError
 from bot.permissions import is_moderator
@@ -26,6 +26,7 @@ from generation import requests
 from generation.engine.prompt_embeds import PromptReading
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import JobScheduler
+from generation.png_info import read_made_with
 from generation.prompt_syntax import PromptSyntaxError
 from generation.requests import MAX_STYLES, RequestLimits
 from generation.styles import Style, match_styles
@@ -146,7 +147,7 @@ class Admission:
         async with self._member_locks[flow]:
             self._scheduler.check_can_submit(flow, len(new_jobs))
             quota = await self._store.quota(*flow)
-            images = sum(params.image_count for params in batch)
+            images = sum(params.charged_images for params in batch)
             if quota.limit is not None and quota.used + images > quota.limit:
                 raise QuotaExceeded(quota.limit, quota.used, images, quota.resets_at)
             queues = [functools.partial(self._scheduler.submit, new_job) for new_job in new_jobs]
@@ -279,10 +280,51 @@ class Admission:
         if job.source_job_id is not None and job.source_index is not None:
             images = await self._store.images(job.source_job_id)
             source = next((i for i in images if i.idx == job.source_index), None)
+        # A /describe rerolled describes again (its answer, not an empty image result).
+        kind = JobKind.DESCRIBE if job.kind is JobKind.DESCRIBE else JobKind.REROLL
         return _first(await self.submit(
-            interaction, JobKind.REROLL, [requests.reroll(job, seed)], source=source,
+            interaction, kind, [requests.reroll(job, seed)], source=source,
             source_path=Path(job.source_path) if job.source_path else None,
         ))
+
+    async def describe(self, interaction: discord.Interaction, image: discord.Attachment) -> JobRow | None:
+        """Prompt suggestions for an uploaded picture (and its metadata, shown with them)."""
+        if self.settings.describe_model_id.strip().lower() == "none":
+            raise UserError("/describe is turned off on this bot.")
+        data = await download_upload(image)
+        path, checked = await asyncio.to_thread(
+            keep_upload, data, image.filename, self.limits.max_upload_pixels, self.settings.output_dir / "uploads"
+        )
+        width, height = checked.first_frame.size
+        params = requests.describe(self.limits, self.model.native_size, width, height)
+        notes = ["an animated picture: its first frame was described"] if checked.animated else []
+        return _first(await self.submit(interaction, JobKind.DESCRIBE, [params], notes=notes, source_path=path))
+
+    async def _describe_action(
+        self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None
+    ) -> JobRow | None:
+        """A /describe button: imagine suggestion `number`, describe again, or reuse the settings."""
+        job = await self.find_job(interaction, job_id)
+        if job.kind is not JobKind.DESCRIBE:
+            raise UserError(f"Job #{job_id} is not a /describe.")
+        source = Path(job.source_path) if job.source_path else None
+        if source is None or not source.is_file():
+            raise UserError(f"The picture of /describe #{job_id} is no longer kept; upload it again.")
+        if action is Action.DESCRIBE:
+            return _first(await self.submit(
+                interaction, JobKind.DESCRIBE, [requests.describe_more(job)], source_path=source
+            ))
+        if action is Action.REUSE:
+            made_with = await asyncio.to_thread(read_made_with, await asyncio.to_thread(source.read_bytes))
+            if made_with is None:
+                raise UserError("This picture carries no generation settings to reuse.")
+            params = requests.reuse(self.limits, made_with, self.model.native_size)
+            return _first(await self.submit(interaction, JobKind.IMAGINE, [params]))
+        suggestions = await self._store.suggestions(job.id)
+        if number is None or not 1 <= number <= len(suggestions):
+            raise UserError(f"/describe #{job_id} has no suggestion {number}.")
+        imagined = requests.from_suggestion(self.limits, job, suggestions[number - 1], self.model.native_size)
+        return _first(await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes))
 
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         """Cancel a queued or running job: the owner's own, or anyone's for a moderator."""
@@ -323,6 +365,8 @@ class Admission:
     ) -> JobRow | None:
         if action == Action.REROLL:
             return await self.reroll(interaction, job_id)
+        if action in (Action.PROMPT, Action.DESCRIBE, Action.REUSE):
+            return await self._describe_action(interaction, action, job_id, number)
         source = await self.find_image(interaction, job_id, number or 1)
         if action == Action.UPSCALE:
             return await self.upscale(interaction, source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import sys
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     parse.add_argument("prompt")
     parse.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    describe = commands.add_parser(
+        "describe", help="print /describe's four prompt suggestions for a picture (and the settings it carries)"
+    )
+    describe.add_argument("image", type=Path, help="a PNG, JPEG, WebP, GIF or BMP file")
+    describe.add_argument("--more", action="store_true", help="four sampled suggestions, as the 🔄 button gives")
+
     test_model = commands.add_parser(
         "make-test-model", help="write tiny random-weight models (for tests and offline smoke runs)"
     )
@@ -99,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prune": _prune,
         "backup": _backup,
         "parse-prompt": _parse_prompt,
+        "describe": _describe,
         "make-test-model": _make_test_model,
     }
     return handlers[args.command](settings, args)
@@ -295,6 +303,47 @@ def prompt_reading(text: str, cap: int, read: Callable[[str], Any] | None) -> di
     return {"flags": inline.found, "prompts": prompts}
 
 
+def _describe(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.attachments import check_upload
+    from bot.describing import made_with_lines
+    from bot.errors import UserError
+    from generation.engine.config import EngineConfig
+    from generation.engine.diffusion import DiffusionEngine
+    from generation.errors import GenerationError
+    from generation.png_info import read_made_with
+
+    limits = RequestLimits.from_settings(settings)
+    try:
+        data = args.image.read_bytes()
+        checked = check_upload(data, args.image.name, limits.max_upload_pixels)
+    except (OSError, UserError) as error:
+        print(f"sdbot: {error}", file=sys.stderr)
+        return 1
+    config = EngineConfig.from_settings(settings)
+    if not config.describe_enabled:
+        print("sdbot: /describe is off (SDBOT_DESCRIBE_MODEL_ID=none)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if (made_with := read_made_with(data)) is not None:
+        print(f"made with ({made_with.generator}):\n{made_with_lines(made_with)}\n")
+    if checked.animated:
+        log.warning("an animated picture: its first frame is described")
+    first_frame = io.BytesIO()
+    checked.first_frame.save(first_frame, format="PNG")
+    try:
+        engine = DiffusionEngine.load(config)
+        width, height = checked.first_frame.size
+        params = requests.describe(limits, engine.native_size, width, height, more=args.more)
+        params = params.model_copy(update={"source_image": first_frame.getvalue()})
+        requests.validate(params, limits)
+        (output,) = engine.run_batch([params], lambda step, total: None, lambda: False)
+    except GenerationError as error:
+        print(f"sdbot: {error}", file=sys.stderr)
+        return 1
+    for number, prompt in enumerate(output.captions, start=1):
+        print(f"{number}. {prompt}")
+    return 0
+
+
 def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     from generation.engine.tiny_models import make_tiny_models
 
@@ -303,6 +352,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_SAFETY_MODEL_ID={paths.safety_checker}")
     print(f"SDBOT_UPSCALER_MODEL_ID={paths.upscaler}")
     print(f"SDBOT_PREVIEW_DECODER_ID={paths.preview_decoder}")
+    print(f"SDBOT_DESCRIBE_MODEL_ID={paths.describer}")
     return 0
 
 

@@ -38,6 +38,7 @@ EXTENSIONS = (
     "bot.exts.quota",
     "bot.exts.safety",
     "bot.exts.buttons",
+    "bot.exts.describe",
 )
 
 

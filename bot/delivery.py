@@ -21,13 +21,15 @@ from typing import Any
 import discord
 
 from bot import render
+from bot.describing import describe_embed, describe_view, thumbnail_png
 from bot.errors import explain
 from bot.views import queued_view, result_view
 from generation.errors import QueueRefused
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import SubmitReceipt
+from generation.png_info import read_made_with
 from sdbot.store import QuotaExceeded, Store
-from sdbot.types import ImageRow, JobOutput, JobRow, JobStatus
+from sdbot.types import ImageRow, JobKind, JobOutput, JobRow, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +333,8 @@ class Delivery:
             self._spawn(self._deliver(job, images, None), name=f"deliver-{job.id}")
 
     async def _post_result(self, job: JobRow, images: list[ImageRow], output: JobOutput | None) -> int:
+        if job.kind is JobKind.DESCRIBE:
+            return await self._post_description(job)
         posted, withheld, files = [], [], []
         for image in images:
             data = await read_if_present(image.path)
@@ -352,6 +356,24 @@ class Delivery:
             embed=render.result_embed(job, posted, withheld),
             files=files,
             view=result_view(job, posted),
+        )
+
+    async def _post_description(self, job: JobRow) -> int:
+        """A /describe answer: the picture's metadata (if any), the suggestions and their buttons."""
+        suggestions = await self._store.suggestions(job.id)
+        source = await read_if_present(job.source_path)
+        made_with, files, thumbnail = None, [], None
+        if source is not None:
+            made_with = await asyncio.to_thread(read_made_with, source)
+            thumbnail = f"describe-{job.id}.png"
+            files.append(discord.File(io.BytesIO(await asyncio.to_thread(thumbnail_png, source)), filename=thumbnail))
+        content = f"<@{job.user_id}>" + _small_print(self._notes.get(job.id, ()))
+        return await self._post(
+            job,
+            content=render.clip(content, 2000),
+            embed=describe_embed(job, suggestions, made_with, thumbnail),
+            files=files,
+            view=describe_view(job, suggestions, made_with),
         )
 
     async def _post(

@@ -12,6 +12,7 @@ _KIND_VERB = {
     JobKind.VARIATION: "Variations",
     JobKind.UPSCALE: "Upscale",
     JobKind.REROLL: "Reroll",
+    JobKind.DESCRIBE: "Describe",
 }
 
 
@@ -53,12 +54,11 @@ def progress_text(job: JobRow, step: int, total: int) -> str:
 def ended_text(job: JobRow) -> str:
     """Failed or cancelled: what happened and that nothing was charged."""
     images = f"{job.image_count} image was" if job.image_count == 1 else f"{job.image_count} images were"
+    refund = "Nothing was charged" if job.kind is JobKind.DESCRIBE else f"Your {images} refunded"
     if job.status == JobStatus.CANCELLED:
-        return f"🛑 {describe(job)} was cancelled ({job.status_reason}). Your {images} refunded."
-    return (
-        f"⚠️ {describe(job)} failed: {job.status_reason}. Your {images} refunded; "
-        f"use `/reroll job:{job.id}` to try again."
-    )
+        return f"🛑 {describe(job)} was cancelled ({job.status_reason}). {refund}."
+    again = "/describe again" if job.kind is JobKind.DESCRIBE else f"`/reroll job:{job.id}`"
+    return f"⚠️ {describe(job)} failed: {job.status_reason}. {refund}; use {again} to try again."
 
 
 def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) -> discord.Embed:

@@ -19,9 +19,17 @@ class Action(StrEnum):
     VARY = "vary"
     REROLL = "reroll"
     CANCEL = "cancel"
+    # Under a /describe answer: imagine suggestion n, four more suggestions, the picture's settings.
+    PROMPT = "prompt"
+    DESCRIBE = "describe"
+    REUSE = "reuse"
 
 
-_STYLE = {Action.REROLL: discord.ButtonStyle.primary, Action.CANCEL: discord.ButtonStyle.danger}
+_STYLE = {
+    Action.REROLL: discord.ButtonStyle.primary,
+    Action.CANCEL: discord.ButtonStyle.danger,
+    Action.REUSE: discord.ButtonStyle.primary,
+}
 
 
 def _label(action: Action, number: int | None) -> str:
@@ -34,13 +42,20 @@ def _label(action: Action, number: int | None) -> str:
             return "🔄 Reroll"
         case Action.CANCEL:
             return "Cancel"
+        case Action.PROMPT:
+            return str(number)
+        case Action.DESCRIBE:
+            return "🔄"
+        case Action.REUSE:
+            return "Reuse these settings"
 
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"sd:(?P<action>upscale|vary|reroll|cancel):(?P<job>\d+)(?::(?P<n>[1-4]))?",
+    template=r"sd:(?P<action>upscale|vary|reroll|cancel|prompt|describe|reuse):(?P<job>\d+)(?::(?P<n>[1-4]))?",
 ):
-    """A button about one job and, for U and V, one of its images (numbered from 1)."""
+    """A button about one job and, for U, V and a /describe prompt, one of its images or
+    suggestions (numbered from 1)."""
 
     def __init__(self, action: Action, job_id: int, number: int | None = None, *, row: int | None = None) -> None:
         self.action, self.job_id, self.number = action, job_id, number

@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from generation.errors import InvalidRequest
+from generation.png_info import MadeWith
 from generation.prompt_check import check_prompt
 from generation.prompt_syntax import (
     PromptSyntaxError,
@@ -43,6 +44,7 @@ SIZE_MULTIPLE = 64
 RANDOM_SEED = -1  # the seed that asks for a random one, as in AUTOMATIC1111
 MAX_STYLES = 3
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
+DESCRIBE_SUGGESTIONS = 4  # as Midjourney's /describe
 _SPACES = re.compile(r"\s+")
 # A1111's LoRA tag, `<lora:name:0.8>`; no LoRA catalogue exists yet (issue 13), so each is refused.
 _LORA_TAG = re.compile(r"<lora:([^:>]*)[^>]*>", re.IGNORECASE)
@@ -312,6 +314,58 @@ def upscale(width: int, height: int, *, prompt: str = "", negative: str = "") ->
 
 def upscale_of(job: JobRow, image: ImageRow) -> GenerationParams:
     return upscale(image.width, image.height, prompt=job.prompt, negative=job.negative_prompt)
+
+
+def describe(
+    limits: RequestLimits, native_size: int, width: int, height: int, *, more: bool = False
+) -> GenerationParams:
+    """/describe of a `width` x `height` picture: a caption job. Its size is the size an /imagine of
+    a suggestion gets (the picture's shape at the model's pixel count); `steps` counts the sampled
+    suggestions: one for a first /describe, all four for 🔄 (the others are the caption tasks' best)."""
+    target_w, target_h = fit(native_size * native_size, width / height, limits)
+    return GenerationParams(
+        pipeline=PipelineKind.CAPTION,
+        seeds=seeds(1),
+        steps=DESCRIBE_SUGGESTIONS if more else 1,
+        guidance=0.0,
+        width=target_w,
+        height=target_h,
+    )
+
+
+def describe_more(job: JobRow) -> GenerationParams:
+    """🔄 on a /describe answer: four sampled suggestions of the same picture, from a new seed."""
+    return job.params().model_copy(update={"seeds": seeds(1), "steps": DESCRIBE_SUGGESTIONS})
+
+
+def from_suggestion(limits: RequestLimits, describe_job: JobRow, prompt: str, native_size: int) -> Imagined:
+    """An /imagine of one /describe suggestion, in the described picture's shape."""
+    return imagine(limits, prompt=prompt, native_size=native_size, size=(describe_job.width, describe_job.height))
+
+
+def reuse(limits: RequestLimits, made_with: MadeWith, native_size: int) -> GenerationParams:
+    """The job an uploaded picture's metadata describes, run on this bot's model: its prompt,
+    negative prompt, seed, steps, guidance and size (defaults where the metadata says nothing; a
+    size outside the limits becomes its shape at the model's pixel count)."""
+    if not normalise_text(made_with.prompt):
+        raise InvalidRequest("the picture's settings have no prompt to reuse")
+    width, height = made_with.width, made_with.height
+    if not (width and height):
+        width = height = native_size
+    if not (limits.min_size <= width <= limits.max_size and limits.min_size <= height <= limits.max_size) or (
+        width % 8 or height % 8
+    ):
+        width, height = fit(native_size * native_size, width / height, limits)
+    return GenerationParams(
+        pipeline=PipelineKind.TEXT2IMG,
+        prompt=normalise_text(made_with.prompt),
+        negative_prompt=normalise_text(made_with.negative_prompt),
+        seeds=seeds(1, made_with.seed),
+        steps=limits.default_steps if made_with.steps is None else min(max(made_with.steps, 1), limits.max_steps),
+        guidance=limits.default_guidance if made_with.guidance is None else made_with.guidance,
+        width=width,
+        height=height,
+    )
 
 
 def reroll(job: JobRow, seed: int | None = None) -> GenerationParams:

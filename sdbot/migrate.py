@@ -39,9 +39,10 @@ def load_migrations(directory: Path) -> list[Migration]:
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_description.sql")
         migrations.append(Migration(int(match.group(1)), path.name, path.read_text("utf-8")))
-    expected = list(range(1, len(migrations) + 1))
-    if [m.version for m in migrations] != expected:
-        raise MigrationError(f"migrations in {directory} must be numbered 0001, 0002, ... without gaps")
+    versions = [m.version for m in migrations]
+    # Numbers are reserved per feature branch, so a branch may lack a number until all are merged.
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise MigrationError(f"migrations in {directory} must be numbered from 0001, each number once")
     return migrations
 
 
@@ -74,12 +75,12 @@ async def apply_migrations(db: aiosqlite.Connection, directory: Path | None = No
     """
     migrations = load_migrations(directory or bundled_migrations_dir())
     current = await schema_version(db)
-    if current > len(migrations):
+    if current > migrations[-1].version:
         raise MigrationError(
             f"the database is at schema version {current}, newer than this sdbot knows "
-            f"({len(migrations)}); upgrade sdbot"
+            f"({migrations[-1].version}); upgrade sdbot"
         )
-    for migration in migrations[current:]:
+    for migration in (m for m in migrations if m.version > current):
         await db.execute("BEGIN IMMEDIATE")
         try:
             for statement in split_statements(migration.sql):
@@ -89,7 +90,8 @@ async def apply_migrations(db: aiosqlite.Connection, directory: Path | None = No
             await db.execute("ROLLBACK")
             raise MigrationError(
                 f"migration {migration.name} failed: {error}; "
-                f"the database stays at schema version {migration.version - 1}"
+                f"the database stays at schema version {current}"
             ) from error
         await db.execute("COMMIT")
+        current = migration.version
     return await schema_version(db)

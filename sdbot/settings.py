@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     safety_model_id: str = "CompVis/stable-diffusion-safety-checker"
     safety_checker: bool = True
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
+    # /describe's captioning model; "none" turns /describe off.
+    describe_model_id: str = "florence-community/Florence-2-base"
     device: str = "auto"
     # GPU fast path (README: "GPU speed"); auto = on where the device is CUDA.
     compile: Literal["auto", "on", "off"] = "auto"

@@ -148,8 +148,8 @@ class Store:
         params = job.params
         async with self._transaction() as db:
             quota = await self._quota(job.guild_id, job.user_id, now)
-            if quota.limit is not None and quota.used + params.image_count > quota.limit:
-                raise QuotaExceeded(quota.limit, quota.used, params.image_count, quota.resets_at)
+            if quota.limit is not None and quota.used + params.charged_images > quota.limit:
+                raise QuotaExceeded(quota.limit, quota.used, params.charged_images, quota.resets_at)
             async with db.execute(
                 """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
                        negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
@@ -172,7 +172,7 @@ class Store:
             await db.execute(
                 "INSERT INTO usage_ledger (guild_id, user_id, job_id, images, reason, created_at)"
                 " VALUES (?, ?, ?, ?, 'charge', ?)",
-                (job.guild_id, job.user_id, created.id, params.image_count, now),
+                (job.guild_id, job.user_id, created.id, params.charged_images, now),
             )
         return created
 
@@ -309,6 +309,22 @@ class Store:
     async def images(self, job_id: int) -> list[ImageRow]:
         rows = await self._fetchall("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
         return [_image(row) for row in rows]
+
+    async def save_suggestions(self, job_id: int, prompts: Sequence[str]) -> None:
+        """Keep a describe job's prompt suggestions (a second call replaces the first)."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM describe_suggestions WHERE job_id = ?", (job_id,))
+            await db.executemany(
+                "INSERT INTO describe_suggestions (job_id, idx, prompt) VALUES (?, ?, ?)",
+                [(job_id, idx, prompt) for idx, prompt in enumerate(prompts)],
+            )
+
+    async def suggestions(self, job_id: int) -> list[str]:
+        """A describe job's prompt suggestions, in order (empty until it is done)."""
+        rows = await self._fetchall(
+            "SELECT prompt FROM describe_suggestions WHERE job_id = ? ORDER BY idx", (job_id,)
+        )
+        return [row["prompt"] for row in rows]
 
     async def set_image_path(self, job_id: int, idx: int, path: str) -> None:
         """A regenerated file replaces a missing (or pruned) one."""

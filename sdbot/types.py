@@ -26,6 +26,7 @@ class JobKind(StrEnum):
     VARIATION = "variation"
     UPSCALE = "upscale"
     REROLL = "reroll"
+    DESCRIBE = "describe"
 
 
 class PipelineKind(StrEnum):
@@ -34,6 +35,8 @@ class PipelineKind(StrEnum):
     TEXT2IMG = "text2img"
     IMG2IMG = "img2img"
     UPSCALE = "upscale"
+    # /describe: the source picture in, prompt suggestions out (no images).
+    CAPTION = "caption"
 
 
 class JobStatus(StrEnum):
@@ -75,6 +78,11 @@ class GenerationParams(BaseModel):
     @property
     def image_count(self) -> int:
         return len(self.seeds)
+
+    @property
+    def charged_images(self) -> int:
+        """Images charged to the daily quota: a caption job makes none (its fair-share cost stays)."""
+        return 0 if self.pipeline is PipelineKind.CAPTION else self.image_count
 
     @property
     def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool]:
@@ -126,6 +134,8 @@ class JobOutput(BaseModel):
     # Wall time of the batch this job ran in, split by the batch size (for ETA and cost correction).
     elapsed_s: float = 0.0
     batch_size: int = 1  # jobs in the engine call that made it (set by the worker)
+    # A caption job's prompt suggestions, in order (no images).
+    captions: list[str] = Field(default_factory=list)
 
 
 class NewJob(BaseModel):

@@ -18,6 +18,7 @@ class EngineConfig(BaseModel):
     safety_model_id: str
     safety_checker: bool = True
     upscaler_model_id: str
+    describe_model_id: str = "none"
     device: str = "auto"
     # The token cap of prompt encoding (checked again here for callers that could not count).
     max_prompt_tokens: int = 450
@@ -37,3 +38,8 @@ class EngineConfig(BaseModel):
     def plain_upscale(self) -> bool:
         """`SDBOT_UPSCALER_MODEL_ID=none`: a Lanczos resize instead of the latent upscaler."""
         return self.upscaler_model_id.strip().lower() == "none"
+
+    @property
+    def describe_enabled(self) -> bool:
+        """`SDBOT_DESCRIBE_MODEL_ID=none` turns /describe off."""
+        return self.describe_model_id.strip().lower() != "none"

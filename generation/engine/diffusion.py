@@ -29,6 +29,7 @@ from PIL import Image
 
 from generation.engine.buckets import bucket_for, pad_per_image
 from generation.engine.config import EngineConfig
+from generation.engine.describe import Captioner
 from generation.engine.devices import (
     dtype_for,
     free_memory,
@@ -125,6 +126,7 @@ class DiffusionEngine:
         self._upscaler: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
         self._previews: PreviewMaker | None = None
+        self._captioner: Captioner | None = None  # /describe's model, loaded on the first caption job
         self._lock = threading.RLock()  # pipelines keep scheduler state: one batch at a time
         self._device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else None
         # Seconds spent in "pipeline", "safety", "encode" and "total" by the last run_batch.
@@ -239,6 +241,8 @@ class DiffusionEngine:
         (None where the safety checker flagged it) every SDBOT_PREVIEW_INTERVAL_S of generation."""
         if not batch:
             return []
+        if batch[0].pipeline is PipelineKind.CAPTION:
+            return self._describe(batch, on_step, should_stop)
         started = time.perf_counter()
         jobs = [_Job(params, self._source(params)) for params in batch]
         if len({job.params.batch_key for job in jobs}) > 1:
@@ -260,6 +264,39 @@ class DiffusionEngine:
         self.last_timings |= {"encode": finished - generated, "total": finished - started}
         for output in outputs:
             output.elapsed_s = (finished - started) / len(batch)
+        return outputs
+
+    def _describe(
+        self,
+        batch: Sequence[GenerationParams],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+    ) -> list[JobOutput]:
+        """Caption jobs: prompt suggestions for each source picture (its first frame), no images."""
+        if not self.config.describe_enabled:
+            raise InvalidRequest("/describe is turned off on this bot (SDBOT_DESCRIBE_MODEL_ID=none)")
+        outputs = []
+        with self._lock:
+            started = time.perf_counter()
+            tokenizer = self._loaded_text2img().pipe.tokenizer
+            if self._captioner is None:
+                self._captioner = Captioner(self.config.describe_model_id, self._device, self._dtype)
+            for params in batch:
+                with Image.open(BytesIO(params.source_image or b""), formats=SOURCE_FORMATS) as opened:
+                    picture = opened.convert("RGB")
+                captions = self._captioner.suggestions(
+                    picture,
+                    seed=params.seeds[0],
+                    sampled=params.steps,
+                    count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
+                    on_caption=on_step,
+                    should_stop=should_stop,
+                )
+                outputs.append(JobOutput(images=[], captions=captions))
+            elapsed = time.perf_counter() - started
+        self.last_timings = {"describe": elapsed, "total": elapsed}
+        for output in outputs:
+            output.elapsed_s = elapsed / len(batch)
         return outputs
 
     # -- inputs ------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 `make_tiny_models(dir)` (behind `sdbot make-test-model`) writes four folders that the production loading code reads exactly like hub
 downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, a x2 latent upscaler pipeline and a TAESD (`AutoencoderTiny`) for live previews. The "tiny" shape runs a 64x64 image in a
+`CLIPImageProcessor`, a x2 latent upscaler pipeline, a TAESD (`AutoencoderTiny`) for live previews
+and a Florence-2 captioner for /describe (its captions are gibberish). The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -30,11 +31,17 @@ from diffusers.pipelines.stable_diffusion.safety_checker import (
     StableDiffusionSafetyChecker,
 )
 from transformers import (
+    BartConfig,
+    BartTokenizer,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
+    Florence2Config,
+    Florence2ForConditionalGeneration,
+    Florence2Processor,
+    Florence2VisionConfig,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -142,6 +149,7 @@ class TinyModelPaths:
     safety_checker: Path
     upscaler: Path
     preview_decoder: Path
+    describer: Path
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -149,6 +157,7 @@ class TinyModelPaths:
             "safety_model_id": str(self.safety_checker),
             "upscaler_model_id": str(self.upscaler),
             "preview_decoder_id": str(self.preview_decoder),
+            "describe_model_id": str(self.describer),
             "device": "cpu",
         }
         return Settings(**(values | overrides))
@@ -160,13 +169,14 @@ class TinyModelPaths:
 def make_tiny_models(
     directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False
 ) -> TinyModelPaths:
-    """Write the pipeline, safety checker and upscaler folders under `directory`."""
+    """Write the pipeline, safety checker, upscaler and describer folders under `directory`."""
     directory = Path(directory)
     paths = TinyModelPaths(
         pipeline=directory / "pipeline",
         safety_checker=directory / "safety-checker",
         upscaler=directory / "upscaler",
         preview_decoder=directory / "preview-decoder",
+        describer=directory / "describer",
     )
     torch.manual_seed(0)
     _text2img_pipeline(shape).save_pretrained(paths.pipeline)
@@ -174,7 +184,42 @@ def make_tiny_models(
     # The upscaler is not benchmarked, so every shape gets the tiny one.
     _latent_upscaler().save_pretrained(paths.upscaler)
     AutoencoderTiny(latent_channels=4, **_SHAPES[shape]["taesd"]).save_pretrained(paths.preview_decoder)
+    make_describer(paths.describer)
     return paths
+
+
+def make_describer(directory: Path) -> Path:
+    """Write a Florence-2 model and processor folder, laid out like florence-community/Florence-2-base
+    (DaViT vision tower, BART encoder-decoder, byte-level BART tokenizer, CLIP-style image
+    processor), scaled down: a 64x64 input gives 8x8 visual tokens plus one temporal token."""
+    torch.manual_seed(0)
+    symbols = list(bytes_to_unicode().values())
+    vocab = {token: index for index, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", *symbols, "<mask>"])}
+    vocab["<image>"] = len(vocab)
+    tokenizer = BartTokenizer(
+        vocab=vocab, merges=[], model_max_length=1024, extra_special_tokens={"image_token": "<image>"}
+    )
+    side = 64
+    image_processor = CLIPImageProcessor(
+        size={"height": side, "width": side}, do_center_crop=False,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )
+    image_processor.image_seq_length = (side // 8) ** 2 + 1  # total patch stride 4 x 2
+    text = BartConfig(
+        vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=1024, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+        decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
+    )
+    vision = Florence2VisionConfig(
+        depths=(1, 1), patch_size=(7, 3), patch_stride=(4, 2), patch_padding=(3, 1),
+        patch_prenorm=(False, True), embed_dim=(16, 32), num_heads=(2, 4), num_groups=(2, 4),
+        window_size=4, projection_dim=32, drop_path_rate=0.0,
+    )
+    config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
+    Florence2ForConditionalGeneration(config).eval().save_pretrained(directory)
+    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return Path(directory)
 
 
 def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False) -> Path:

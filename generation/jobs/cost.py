@@ -20,6 +20,8 @@ _KIND_FACTOR: dict[PipelineKind, float] = {
     PipelineKind.TEXT2IMG: 1.0,
     PipelineKind.IMG2IMG: 1.0,
     PipelineKind.UPSCALE: 2.0,
+    # A caption job (steps = its sampled suggestions) decodes a few short texts from one picture.
+    PipelineKind.CAPTION: 0.25,
 }
 
 # Until a job has been measured: roughly SD-Turbo at 512x512 on a current GPU. Only ETAs use it.

@@ -325,6 +325,8 @@ class Worker:
         if not isinstance(result, JobOutput):
             return await self._store.fail_job(job.id, result or "it was never run"), [], None
         images = await asyncio.to_thread(self._write_images, job, result)
+        if result.captions:
+            await self._store.save_suggestions(job.id, result.captions)
         first = result.images[0].record if result.images else None
         finished = await self._store.finish_job(
             job.id,

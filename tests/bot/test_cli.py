@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from bot.cli import _imagine_batches, imagine_to_files
 from generation.engine.diffusion import DiffusionEngine
@@ -20,7 +20,7 @@ from generation.engine.tiny_models import TinyModelPaths
 from generation.jobs.image_files import write_file
 from generation.jobs.retention import DAY_S
 from generation.requests import RequestLimits
-from sdbot.migrate import bundled_migrations_dir
+from sdbot.migrate import bundled_migrations_dir, load_migrations
 from sdbot.store import Store
 from sdbot.types import ImageRow, JobKind, NewJob
 from tests.fakes.params import text2img
@@ -40,7 +40,7 @@ def sdbot(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subproces
 def test_help_lists_the_subcommands(tmp_path: Path) -> None:
     result = sdbot("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "migrate", "imagine", "prune", "backup", "make-test-model"):
+    for command in ("run", "migrate", "imagine", "prune", "backup", "describe", "make-test-model"):
         assert command in result.stdout
 
 
@@ -62,7 +62,7 @@ def test_migrate_creates_the_database_and_is_idempotent(tmp_path: Path) -> None:
     first = sdbot("migrate", cwd=tmp_path)
     second = sdbot("migrate", cwd=tmp_path)
     assert first.returncode == second.returncode == 0
-    latest = f"schema version {len(list(bundled_migrations_dir().glob('*.sql')))}"
+    latest = f"schema version {load_migrations(bundled_migrations_dir())[-1].version}"
     assert latest in first.stdout and latest in second.stdout
     assert (tmp_path / "data" / "sdbot.sqlite3").exists()
 
@@ -94,6 +94,30 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
     with Image.open(path) as image:
         parsed = parse_parameters(image.text["parameters"])
     assert (parsed["prompt"], parsed["seed"], parsed["steps"]) == ("a tiny test", 41, 2)
+
+
+def test_describe_prints_four_suggestions_and_the_settings_a_picture_carries(
+    tmp_path: Path, tiny_models: TinyModelPaths
+) -> None:
+    env = {
+        "SDBOT_MODEL_ID": str(tiny_models.pipeline),
+        "SDBOT_SAFETY_MODEL_ID": str(tiny_models.safety_checker),
+        "SDBOT_UPSCALER_MODEL_ID": str(tiny_models.upscaler),
+        "SDBOT_DESCRIBE_MODEL_ID": str(tiny_models.describer),
+        "SDBOT_DEVICE": "cpu",
+    }
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a quiet harbour\nSteps: 1, Sampler: Euler, CFG scale: 0, Seed: 9, Size: 64x64")
+    Image.new("RGB", (64, 64), "teal").save(tmp_path / "harbour.png", pnginfo=info)
+    result = sdbot("describe", "harbour.png", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "prompt: a quiet harbour" in result.stdout and "seed: 9" in result.stdout
+    numbered = [line for line in result.stdout.splitlines() if line[:3] in {"1. ", "2. ", "3. ", "4. "}]
+    assert [line[:2] for line in numbered] == ["1.", "2.", "3.", "4."]
+    (tmp_path / "notes.txt").write_text("not a picture")
+    refused = sdbot("describe", "notes.txt", env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "could not be read as a picture" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_imagine_to_files_writes_pngs_with_consecutive_seeds(

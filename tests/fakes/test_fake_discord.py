@@ -447,3 +447,22 @@ def test_validation_rules(payload: dict[str, Any], n_files: int, needle: str) ->
         validate_message(payload, files, size_limit=1024, creating=True)
     assert info.value.status == 400 and info.value.code == 50035 and needle in info.value.detail
     assert info.value.body()["errors"]  # Discord-shaped nested error tree
+
+
+def test_context_menu_commands_are_validated_as_discord_does() -> None:
+    from tests.fakes.fake_discord.validation import APIError, validate_commands
+
+    validate_commands([{"name": "Describe image", "type": 3}, {"name": "Describe image", "type": 1 + 1}])
+    for bad in ({"name": "Describe image", "type": 3, "description": "words"},
+                {"name": "Describe image", "type": 3, "options": [{"name": "x", "type": 3, "description": "x"}]},
+                {"name": "x" * 33, "type": 3}):
+        with pytest.raises(APIError):
+            validate_commands([bad])
+
+
+async def test_message_command_needs_a_synced_one_and_a_visible_message(fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with run_client(fake, DemoBot()):
+        posted = await fake.post_message(fake.member, "hello")
+        with pytest.raises(FakeDiscordUsageError, match="never synced"):
+            await fake.message_command(fake.member, "Describe image", posted)

@@ -12,6 +12,7 @@ from PIL import Image
 from generation import requests
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import BlockedPrompt, InvalidRequest
+from generation.png_info import MadeWith
 from generation.requests import RequestLimits
 from generation.styles import load_styles
 from sdbot.types import GenerationParams, PipelineKind
@@ -251,3 +252,24 @@ def test_the_token_cap_counts_with_the_models_tokenizer(tiny_engine: DiffusionEn
     requests.validate(text2img("a (castle:1.3) " * 10), limits, count)  # 70 tokens: letters, not brackets
     with pytest.raises(InvalidRequest, match="the prompt is 108 tokens long; the limit is 100"):
         requests.validate(text2img("castle " * 18), limits, count)
+
+
+def test_describe_makes_a_caption_job_in_the_pictures_shape_that_charges_no_image() -> None:
+    params = requests.describe(LIMITS, 512, 1600, 900)
+    assert (params.pipeline, params.width, params.height, params.steps) == (PipelineKind.CAPTION, 704, 384, 1)
+    assert params.charged_images == 0 and params.image_count == 1
+    assert requests.describe(LIMITS, 512, 100, 100, more=True).steps == requests.DESCRIBE_SUGGESTIONS
+    requests.validate(params.model_copy(update={"source_image": png(1600, 900)}), LIMITS)
+
+
+def test_reuse_runs_the_pictures_settings_and_fits_a_size_outside_the_limits() -> None:
+    made_with = MadeWith(generator="AUTOMATIC1111", prompt="a  castle", negative_prompt="ugly", seed=42, steps=20,
+                         guidance=7.0, width=512, height=768)
+    params = requests.reuse(LIMITS, made_with, 512)
+    assert (params.prompt, params.negative_prompt, params.seeds, params.steps, params.guidance) == (
+        "a castle", "ugly", (42,), 20, 7.0)
+    assert (params.width, params.height) == (512, 768)
+    huge = requests.reuse(LIMITS, made_with.model_copy(update={"width": 3000, "height": 2000}), 512)
+    assert max(huge.width, huge.height) <= LIMITS.max_size and huge.width > huge.height
+    with pytest.raises(InvalidRequest, match="no prompt to reuse"):
+        requests.reuse(LIMITS, MadeWith(generator="x"), 512)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sdbot.migrate import MigrationError, bundled_migrations_dir
+from sdbot.migrate import MigrationError, bundled_migrations_dir, load_migrations
 from sdbot.store import QuotaExceeded, Store, day_start
 from sdbot.types import (
     GenerationParams,
@@ -34,7 +34,7 @@ def new_job(user: int = USER, images: int = 2, guild: int = GUILD) -> NewJob:
 
 async def test_migrations_from_empty_reach_latest(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "new" / "db.sqlite3")
-    latest = len(list(bundled_migrations_dir().glob("*.sql")))
+    latest = load_migrations(bundled_migrations_dir())[-1].version
     assert await store.schema_version() == latest
     await store.close()
     with sqlite3.connect(tmp_path / "new" / "db.sqlite3") as db:
@@ -49,7 +49,7 @@ async def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
     job = await first.create_job(new_job())
     await first.close()
     second = await Store.open(path)
-    assert await second.schema_version() == len(list(bundled_migrations_dir().glob("*.sql")))
+    assert await second.schema_version() == load_migrations(bundled_migrations_dir())[-1].version
     assert (await second.get_job(job.id)) == job
     await second.close()
 
@@ -69,7 +69,7 @@ async def test_upgrade_from_the_first_version_keeps_the_data(tmp_path: Path) -> 
             (GUILD, USER),
         )
     upgraded = await Store.open(path)
-    assert await upgraded.schema_version() == len(list(bundled_migrations_dir().glob("*.sql"))) > 1
+    assert await upgraded.schema_version() == load_migrations(bundled_migrations_dir())[-1].version > 1
     job = await upgraded.get_job(1)
     assert job is not None and (job.prompt, job.seeds, job.user_id) == ("a cat", [5], USER)
     assert (job.tile, job.typed_prompt, job.styles) == (False, None, [])
@@ -226,3 +226,17 @@ async def test_jobs_ended_before_delivery_was_tracked_are_not_posted_again(tmp_p
     assert [job.status for job in await upgraded.jobs_with_status(JobStatus.DONE)] == [JobStatus.DONE]
     assert await upgraded.undelivered_jobs() == []
     await upgraded.close()
+
+
+async def test_a_describe_job_charges_no_image_and_keeps_its_suggestions(store: Store) -> None:
+    caption = GenerationParams(pipeline=PipelineKind.CAPTION, seeds=(7,), steps=1, guidance=0.0, width=64, height=64)
+    job = await store.create_job(new_job().model_copy(update={"kind": JobKind.DESCRIBE, "params": caption}))
+    assert (job.kind, job.pipeline) == (JobKind.DESCRIBE, PipelineKind.CAPTION)
+    assert (await store.quota(GUILD, USER)).used == 0
+    assert await store.suggestions(job.id) == []
+    await store.save_suggestions(job.id, ["red fox, snow", "a fox"])
+    await store.save_suggestions(job.id, ["red fox, snow", "fox in winter", "fox", "snow"])
+    await store.finish_job(job.id, [])
+    assert await store.suggestions(job.id) == ["red fox, snow", "fox in winter", "fox", "snow"]
+    with pytest.raises(sqlite3.IntegrityError):  # the widened CHECK still refuses kinds nobody knows
+        await store._db.execute("UPDATE jobs SET kind = 'painting' WHERE id = ?", (job.id,))

@@ -324,6 +324,27 @@ class FakeDiscord:
             data["guild_id"] = str(self.guild.id)
         return self._interaction(2, user, channel, data, locale=locale)
 
+    async def message_command(self, user: FakeMember, name: str, message: StoredMessage, /, *,
+                              channel: FakeChannel | None = None) -> InteractionHandle:
+        """Use the message context-menu command ``name`` (Apps > name) on ``message``: an APPLICATION_COMMAND
+        interaction (type 2) whose data has command type 3, ``target_id`` and the message under ``resolved``."""
+        channel = channel or self.guild.channels[message.channel_id]
+        if message.deleted or message.ephemeral:
+            raise FakeDiscordUsageError(f"message {message.id} cannot be right-clicked (deleted or ephemeral)")
+        guild_store = self.command_store(self.guild.id)
+        command = guild_store.get((3, name)) or self.command_store(None).get((3, name))
+        if command is None:
+            synced = [n for store in (guild_store, self.command_store(None)) for (t, n) in store if t == 3]
+            raise FakeDiscordUsageError(f"message command {name!r} was never synced (synced: {sorted(synced)})")
+        self._check_command_access(command, user, channel)
+        data: dict[str, Any] = {
+            "id": command["id"], "name": command["name"], "type": 3, "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): message.payload(self.users)}},
+        }
+        if (3, name) in guild_store:
+            data["guild_id"] = str(self.guild.id)
+        return self._interaction(2, user, channel, data)
+
     async def autocomplete(self, user: FakeMember, name: str, focused: str, /, **values: Any) -> list[dict[str, Any]]:
         """The choices the bot offers for option ``focused`` of /``name`` while ``values`` are typed
         (an autocomplete interaction, type 4: partial values, no checks of required options)."""

@@ -286,6 +286,7 @@ class RestApi:
             previous = old.get(key)
             new[key] = {
                 "default_member_permissions": None, "nsfw": False, "contexts": None, "integration_types": [0],
+                "description": "", "options": [],  # what Discord returns for a context-menu command
                 **cmd, "type": key[0], "application_id": str(fake.application_id),
                 "id": previous["id"] if previous else str(fake.snowflake()), "version": str(fake.snowflake()),
                 **({"guild_id": str(gid)} if gid else {}),

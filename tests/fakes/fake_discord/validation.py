@@ -223,6 +223,17 @@ def validate_commands(commands: list[dict[str, Any]]) -> None:
             _check_name(errors, (i,), name)
             _check_description(errors, (i,), cmd.get("description"))
             _validate_options(errors, (i, "options"), cmd.get("options") or [], depth=0)
+        elif ctype in (2, 3):  # user and message context-menu commands: any case and spaces, no text
+            if not 1 <= len(name) <= 32:
+                errors.add((i, "name"), "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 32 in length.")
+            if cmd.get("description"):
+                errors.add((i, "description"), "APPLICATION_COMMAND_CONTEXT_MENU_DESCRIPTION",
+                           "Context menu commands cannot have a description")
+            if cmd.get("options"):
+                errors.add((i, "options"), "APPLICATION_COMMAND_CONTEXT_MENU_OPTIONS",
+                           "Context menu commands cannot have options")
+        else:
+            errors.add((i, "type"), "BASE_TYPE_CHOICES", f"Value must be one of (1, 2, 3, 4), got {ctype}.")
     errors.raise_if_any()
 
 

@@ -198,7 +198,7 @@ except GenerationError as error:
     print(error)
 """
     paths = [str(tiny_models.pipeline), str(tiny_models.safety_checker), str(tiny_models.upscaler),
-             str(tiny_models.preview_decoder)]
+             str(tiny_models.preview_decoder), str(tiny_models.describer)]
     done = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=50)
     assert done.returncode == 0, done.stderr
     assert 'SDBOT_WORKERS=ray needs Ray' in done.stdout and 'pip install -e ".[ray]"' in done.stdout
