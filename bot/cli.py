@@ -302,6 +302,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_MODEL_ID={paths.pipeline}")
     print(f"SDBOT_SAFETY_MODEL_ID={paths.safety_checker}")
     print(f"SDBOT_UPSCALER_MODEL_ID={paths.upscaler}")
+    print(f"# optional, a dedicated inpainting checkpoint for edits: SDBOT_INPAINT_MODEL_ID={paths.inpaint}")
     return 0
 
 

@@ -18,6 +18,8 @@ class EngineConfig(BaseModel):
     safety_model_id: str
     safety_checker: bool = True
     upscaler_model_id: str
+    # A dedicated inpainting checkpoint for edits; None: inpaint with the main model's modules.
+    inpaint_model_id: str | None = None
     device: str = "auto"
     # The token cap of prompt encoding (checked again here for callers that could not count).
     max_prompt_tokens: int = 450

@@ -1,9 +1,9 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
-`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes three folders that the production loading code reads exactly like hub
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes four folders that the production loading code reads exactly like hub
 downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, and a x2 latent upscaler pipeline. The "tiny" shape runs a 64x64 image in a
+`CLIPImageProcessor`, a x2 latent upscaler pipeline and an inpainting pipeline (9-channel UNet). The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -21,6 +21,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -132,6 +133,7 @@ class TinyModelPaths:
     pipeline: Path
     safety_checker: Path
     upscaler: Path
+    inpaint: Path  # a dedicated inpainting checkpoint (9-channel UNet), for SDBOT_INPAINT_MODEL_ID
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -155,12 +157,14 @@ def make_tiny_models(
         pipeline=directory / "pipeline",
         safety_checker=directory / "safety-checker",
         upscaler=directory / "upscaler",
+        inpaint=directory / "inpaint",
     )
     torch.manual_seed(0)
     _text2img_pipeline(shape).save_pretrained(paths.pipeline)
     make_safety_checker(paths.safety_checker, shape=shape, flag_everything=flag_everything)
     # The upscaler is not benchmarked, so every shape gets the tiny one.
     _latent_upscaler().save_pretrained(paths.upscaler)
+    _inpaint_pipeline().save_pretrained(paths.inpaint)
     return paths
 
 
@@ -220,6 +224,14 @@ def _text2img_pipeline(shape: ModelShape) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _inpaint_pipeline() -> StableDiffusionInpaintPipeline:
+    # Laid out like stabilityai/stable-diffusion-2-inpainting: the UNet reads the noisy latents (4),
+    # the mask (1) and the masked picture's latents (4).
+    text2img = _text2img_pipeline("tiny")
+    unet = UNet2DConditionModel(in_channels=9, out_channels=4, **_SHAPES["tiny"]["unet"])
+    return StableDiffusionInpaintPipeline(**{**text2img.components, "unet": unet})
 
 
 def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:
