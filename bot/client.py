@@ -38,6 +38,8 @@ EXTENSIONS = (
     "bot.exts.quota",
     "bot.exts.safety",
     "bot.exts.buttons",
+    "bot.exts.edit",
+    "bot.exts.settings",
 )
 
 
