@@ -198,6 +198,12 @@ class DiffusionEngine:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
         return self._loaded_text2img().pipe
 
+    @property
+    def inpaint_pipeline(self) -> Any:
+        """The diffusers inpainting pipeline edits run on (for benchmarks and debugging)."""
+        with self._lock:
+            return self._loaded_inpainter().pipe
+
     def warm_up(self, sizes: Sequence[int], buckets: Sequence[int], guidance: float = 0.0) -> None:
         """Run every (size, batch bucket) once, so that a compiled engine builds its graphs before
         a member waits for them; a no-op when nothing is compiled."""
