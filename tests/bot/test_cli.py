@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from bot.cli import _imagine_batches, imagine_to_files
@@ -221,3 +222,26 @@ def test_parse_prompt_shows_flags_weights_and_token_chunks(tmp_path: Path, tiny_
 
     refused = sdbot("parse-prompt", "a [cat:dog:0.5]", env=env, cwd=tmp_path)
     assert refused.returncode == 1 and "prompt editing" in refused.stderr
+
+
+def test_edit_pans_a_picture_and_keeps_its_pixels(tmp_path: Path, tiny_models: TinyModelPaths) -> None:
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(source)
+    env = {
+        "SDBOT_MODEL_ID": str(tiny_models.pipeline),
+        "SDBOT_SAFETY_MODEL_ID": str(tiny_models.safety_checker),
+        "SDBOT_UPSCALER_MODEL_ID": str(tiny_models.upscaler),
+        "SDBOT_DEVICE": "cpu",
+    }
+    result = sdbot("edit", "source.png", "--pan", "right", "--prompt", "sea", "--seed", "5", "--steps", "2",
+                   "--out", "out", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path, seed = result.stdout.strip().split("\tseed=")
+    assert seed == "5"
+    with Image.open(tmp_path / path) as image:
+        assert image.size == (96, 64)
+        kept = np.asarray(image.convert("RGB"), dtype=np.int16)[:, :64]
+        assert np.abs(kept - np.array([30, 90, 200])).max() <= 2
+    refused = sdbot("edit", "source.png", "--region", "90,0,20,20", env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "reaches past the picture" in refused.stderr
+    assert "Traceback" not in refused.stderr
