@@ -198,12 +198,12 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     from generation.engine.config import EngineConfig
     from generation.engine.diffusion import DiffusionEngine
-    from generation.errors import GenerationError
 
     if args.model:
         settings = settings.model_copy(update={"model_id": args.model})
     limits = RequestLimits.from_settings(settings)
-    try:
+
+    def work() -> list[tuple[Path, int]]:
         # Every argument is checked before the model loads (seconds to minutes); again after, with
         # the model's native size and its token count.
         _imagine_batches(args, limits, limits.min_size)
@@ -211,24 +211,28 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
         batches, notes = _imagine_batches(args, limits, engine.native_size, engine.token_counter())
         for note in notes:
             log.warning("%s", note)
-        written = imagine_to_files(engine, batches, args.out)
-    except GenerationError as error:
-        print(f"sdbot: {error}", file=sys.stderr)
-        return 1
-    for path, seed in written:
-        print(f"{path}\tseed={seed}")
-    return 0
+        return imagine_to_files(engine, batches, args.out)
+
+    return _print_written(work)
 
 
 def _edit(settings: Settings, args: argparse.Namespace) -> int:
     from generation.engine.config import EngineConfig
     from generation.engine.diffusion import DiffusionEngine
+
+    def work() -> list[tuple[Path, int]]:
+        params = _edit_params(args, RequestLimits.from_settings(settings))  # checked before the model loads
+        return imagine_to_files(DiffusionEngine.load(EngineConfig.from_settings(settings)), [params], args.out)
+
+    return _print_written(work)
+
+
+def _print_written(work: Callable[[], list[tuple[Path, int]]]) -> int:
+    """Run a local generation: one `path<TAB>seed=N` line per file, or one line on stderr."""
     from generation.errors import GenerationError
 
-    limits = RequestLimits.from_settings(settings)
     try:
-        params = _edit_params(args, limits)  # checked before the model loads
-        written = imagine_to_files(DiffusionEngine.load(EngineConfig.from_settings(settings)), [params], args.out)
+        written = work()
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1

@@ -105,7 +105,7 @@ def inpaint_from(text2img: LoadedPipeline) -> LoadedPipeline:
     """Inpainting (zoom out, pan, vary region) on the same modules: no second copy of the weights;
     a 4-channel UNet inpaints by re-noising the kept latents at each step."""
     try:
-        pipe = AutoPipelineForInpainting.from_pipe(text2img.pipe)
+        pipe = AutoPipelineForInpainting.from_pipe(text2img.pipe, requires_safety_checker=False)
     except ValueError as error:  # no inpainting counterpart for this pipeline class
         raise ModelLoadError(
             f"could not use {_name('model_id')}={text2img.model_id!r} for edits: {_first_line(error)}; "

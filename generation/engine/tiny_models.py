@@ -231,7 +231,7 @@ def _inpaint_pipeline() -> StableDiffusionInpaintPipeline:
     # the mask (1) and the masked picture's latents (4).
     text2img = _text2img_pipeline("tiny")
     unet = UNet2DConditionModel(in_channels=9, out_channels=4, **_SHAPES["tiny"]["unet"])
-    return StableDiffusionInpaintPipeline(**{**text2img.components, "unet": unet})
+    return StableDiffusionInpaintPipeline(**{**text2img.components, "unet": unet}, requires_safety_checker=False)
 
 
 def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:
