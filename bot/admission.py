@@ -351,10 +351,11 @@ class Admission:
 
     async def edit(
         self, interaction: discord.Interaction, action: Action, source: Source | Upload, *,
-        prompt: str | None = None, region: str | None = None,
+        prompt: str | None = None, region: str | None = None, mask: bytes | None = None,
     ) -> JobRow | None:
         """An editing button (or its modal, or an editing command): Vary (Subtle/Strong), Zoom Out,
-        Pan or Vary (Region). `prompt` None or empty keeps the job's prompt."""
+        Pan or Vary (Region), the region named or (for an upload) an uploaded mask. `prompt` None or
+        empty keeps the job's prompt."""
         prompt = prompt or None
         if isinstance(source, Source):
             if action in _VARIES:
@@ -371,6 +372,9 @@ class Admission:
             params = requests.zoom_out(self.limits, base, _ZOOMS[action])
         elif action in _PANS:
             params = requests.pan(self.limits, base, _PANS[action])
+        elif mask is not None:
+            assert isinstance(source, Upload), "only /inpaint takes a mask, with an upload"
+            params = requests.inpaint_mask(self.limits, base, mask, (source.width, source.height))
         else:
             params = requests.inpaint_region(self.limits, base, region or "")
         image = source.image if isinstance(source, Source) else None

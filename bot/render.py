@@ -33,6 +33,8 @@ def edit_text(edit: Edit, width: int, height: int) -> str:
     if edit.mask is not None:
         mx, my, mw, mh = edit.mask
         text += f", box {mx},{my} {mw}×{mh} repainted"
+    elif edit.mask_image is not None:
+        text += ", the white of the uploaded mask repainted"
     else:
         text += ", the rest repainted"
     return f"{text}, feather {edit.feather} px"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from io import BytesIO
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -109,6 +110,29 @@ def parse_region(text: str, width: int, height: int) -> Box:
     return box
 
 
+def mask_upload(width: int, height: int, data: bytes, picture: tuple[int, int]) -> Edit:
+    """The picture kept as it is, the white of an uploaded black-and-white mask repainted. The mask
+    must have the picture's size (`picture`, as uploaded); it is scaled to the width x height canvas
+    and stored as a 1-bit PNG."""
+    try:
+        with Image.open(BytesIO(data)) as opened:
+            size = opened.size
+            mask = opened.convert("L")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise GeometryError("the mask could not be read as a picture; upload a black and white PNG") from None
+    if size != picture:
+        raise GeometryError(
+            f"the mask is {size[0]}x{size[1]} but the picture is {picture[0]}x{picture[1]}; they must be the same size"
+        )
+    binary = mask.resize((width, height), Image.Resampling.NEAREST).point(lambda value: 255 if value >= 128 else 0)
+    if binary.getbbox() is None:
+        raise GeometryError("the mask is all black: paint white where the picture should be repainted")
+    buffer = BytesIO()
+    binary.convert("1").save(buffer, format="PNG", optimize=True)
+    return Edit(op=EditOp.REGION, place=(0, 0, width, height), mask_image=buffer.getvalue(),
+                feather=feather_for(width, height), label="mask")
+
+
 def check_box(box: Box, width: int, height: int, what: str) -> None:
     x, y, w, h = box
     if w < 1 or h < 1:
@@ -122,12 +146,19 @@ def check_edit(edit: Edit, width: int, height: int) -> None:
     check_box(edit.place, width, height, "placed picture")
     if edit.mask is not None:
         check_box(edit.mask, width, height, "region")
+    elif edit.mask_image is not None:
+        if mask_of(edit, width, height).getbbox() is None:
+            raise GeometryError("the mask is all black: paint white where the picture should be repainted")
     elif edit.place == (0, 0, width, height):
         raise GeometryError("this edit leaves nothing to repaint")
 
 
 def mask_of(edit: Edit, width: int, height: int) -> Image.Image:
     """"L" image, 255 where the edit repaints."""
+    if edit.mask_image is not None:
+        with Image.open(BytesIO(edit.mask_image)) as opened:
+            uploaded = opened.convert("L").resize((width, height), Image.Resampling.NEAREST)
+        return uploaded.point(lambda value: 255 if value >= 128 else 0)
     mask = np.zeros((height, width), dtype=np.uint8)
     if edit.mask is None:
         mask[:] = 255

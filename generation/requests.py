@@ -375,6 +375,12 @@ def inpaint_region(limits: RequestLimits, source: EditSource, region: str) -> Ge
     return _edit(limits, source, width, height, lambda: edit_geometry.region(width, height, region))
 
 
+def inpaint_mask(limits: RequestLimits, source: EditSource, mask: bytes, picture: tuple[int, int]) -> GenerationParams:
+    """/inpaint with an uploaded mask: white is repainted; it must have the picture's size."""
+    width, height = source.canvas
+    return _edit(limits, source, width, height, lambda: edit_geometry.mask_upload(width, height, mask, picture))
+
+
 def _edit(
     limits: RequestLimits, source: EditSource, width: int, height: int, make: Callable[[], Edit]
 ) -> GenerationParams:

@@ -21,7 +21,7 @@ import aiosqlite
 from pydantic import BaseModel
 
 from sdbot.migrate import apply_migrations, schema_version
-from sdbot.types import ImageRow, JobRow, JobStatus, NewJob
+from sdbot.types import Edit, ImageRow, JobRow, JobStatus, NewJob
 
 
 class QuotaExceeded(Exception):
@@ -540,5 +540,5 @@ def _job(row: aiosqlite.Row) -> JobRow:
     values["return_flagged"] = bool(values["return_flagged"])
     values["tile"] = bool(values["tile"])
     values["styles"] = json.loads(values["styles"])
-    values["edit"] = json.loads(values["edit"]) if values["edit"] else None
+    values["edit"] = Edit.model_validate_json(values["edit"]) if values["edit"] else None
     return JobRow(**values)

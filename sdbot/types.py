@@ -41,14 +41,17 @@ class EditOp(StrEnum):
 
 class Edit(BaseModel):
     """An inpainting edit: the source picture resized into `place` on a canvas of the job's width x
-    height, then the `mask` box repainted (None: everything outside `place`, i.e. outpainting).
-    Boxes are (x, y, width, height) in canvas pixels; `feather` is the blend width in pixels."""
+    height, then the `mask` box, or the white of `mask_image`, repainted (neither: everything outside
+    `place`, i.e. outpainting). Boxes are (x, y, width, height) in canvas pixels; `feather` is the
+    blend width in pixels."""
 
-    model_config = ConfigDict(frozen=True)
+    # The uploaded mask is kept with the job (a 1-bit PNG: a few kB) so a reroll needs no file.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
     op: EditOp
     place: tuple[int, int, int, int]
     mask: tuple[int, int, int, int] | None = None
+    mask_image: bytes | None = Field(default=None, repr=False)
     feather: int = 0
     label: str = ""  # what the member chose, for messages: "2x", "right", "center"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal, cast
 
 import discord
@@ -9,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import SDBot
+from bot.errors import UserError
 from bot.views import Action
 from generation import edit_geometry
 
@@ -39,22 +41,31 @@ class Edit(commands.Cog):
     ) -> None:
         await self._edit(interaction, image, _PAN[direction], prompt)
 
-    @app_commands.command(description="Repaint one region of a picture")
+    @app_commands.command(description="Repaint one region of a picture: a named region or a mask you upload")
     @app_commands.guild_only()
-    @app_commands.describe(image="The picture", region=f"Which part: {_REGION_HELP}", prompt="What it shows now")
+    @app_commands.describe(
+        image="The picture", prompt="What the region shows now", region=f"Which part: {_REGION_HELP}",
+        mask="Or a black and white picture of the same size: white is repainted",
+    )
     async def inpaint(
-        self, interaction: discord.Interaction, image: discord.Attachment, region: app_commands.Range[str, 1, 40],
-        prompt: app_commands.Range[str, 1, 1000],
+        self, interaction: discord.Interaction, image: discord.Attachment, prompt: app_commands.Range[str, 1, 1000],
+        region: app_commands.Range[str, 1, 40] | None = None, mask: discord.Attachment | None = None,
     ) -> None:
-        await self._edit(interaction, image, Action.VARY_REGION, prompt, region)
+        if (region is None) == (mask is None):
+            raise UserError("Give either `region` (left, right, top, bottom, center or x,y,w,h) or a `mask` picture.")
+        mask_data = None
+        if mask is not None:
+            saved = await self.bot.admission.pick_source(interaction, None, None, mask)
+            mask_data = await asyncio.to_thread(saved.path.read_bytes)
+        await self._edit(interaction, image, Action.VARY_REGION, prompt, region, mask_data)
 
     async def _edit(
         self, interaction: discord.Interaction, image: discord.Attachment, action: Action, prompt: str | None,
-        region: str | None = None,
+        region: str | None = None, mask: bytes | None = None,
     ) -> None:
         admission = self.bot.admission
         source = await admission.pick_source(interaction, None, None, image)
-        await admission.edit(interaction, action, source, prompt=prompt, region=region)
+        await admission.edit(interaction, action, source, prompt=prompt, region=region, mask=mask)
 
 
 async def setup(bot: commands.Bot) -> None:

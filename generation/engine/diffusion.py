@@ -485,7 +485,7 @@ class DiffusionEngine:
         if params.styles:
             extra["styles"] = list(params.styles)
         if params.edit is not None:
-            extra["edit"] = params.edit.model_dump(mode="json")
+            extra["edit"] = params.edit.model_dump(mode="json", exclude={"mask_image"})
         if params.typed_prompt is not None and params.typed_prompt != params.prompt:
             extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(

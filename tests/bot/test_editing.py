@@ -240,3 +240,34 @@ async def test_a_pan_past_the_size_cap_is_refused(capped: BotHarness) -> None:
     assert click.ephemeral and "largest side allowed (128 pixels)" in click.content
     assert len(await store.recent_jobs(fake.guild.id, fake.member.id)) == 2
     assert (await store.quota(fake.guild.id, fake.member.id)).used == 2
+
+
+async def test_inpaint_with_an_uploaded_mask_repaints_its_white_and_rerolls(harness: BotHarness) -> None:
+    fake = harness.fake
+    picture = Image.new("RGB", (64, 64), (200, 120, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 64, 24))  # the top strip
+    handle = await fake.slash(fake.member, "inpaint", image=fake.make_attachment(picture), prompt="a blue sky",
+                              mask=fake.make_attachment(mask.convert("RGB"), "mask.png"))
+    painted = await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
+    job = await _job(harness.store, painted)
+    assert job.edit is not None and job.edit.mask_image is not None
+    for attachment in painted.attachments:
+        pixels = _pixels(attachment.image())
+        assert np.abs(pixels[24:] - _pixels(picture)[24:]).max() <= 2
+        assert np.abs(pixels[:24] - _pixels(picture)[:24]).mean() > 1
+    again = await fake.slash(fake.member, "reroll", job=job.id, seed=job.seeds[1])
+    rerolled = await again.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert np.abs(_pixels(rerolled.attachments[0].image()) - _pixels(painted.attachments[1].image())).max() <= 2
+    store = harness.store
+    assert store is not None
+    jobs = len(await store.recent_jobs(fake.guild.id, fake.member.id))
+    for options, says in (
+        ({"mask": fake.make_attachment(Image.new("RGB", (32, 32), "white"), "small.png")}, "must be the same size"),
+        ({}, "Give either `region`"),
+    ):
+        refused = await fake.slash(fake.member, "inpaint", image=fake.make_attachment(picture), prompt="sky",
+                                   **options)
+        await refused.wait_response()
+        assert refused.ephemeral and says in refused.content
+    assert len(await store.recent_jobs(fake.guild.id, fake.member.id)) == jobs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -75,3 +77,26 @@ def test_the_outpaint_canvas_holds_the_picture_and_a_hint_of_its_colours() -> No
     assert canvas.shape == (64, 96, 3) and (canvas[:, 32:] == (0, 0, 255)).all()
     assert canvas[:, :32, 2].mean() > 200  # the border starts blue, not grey
     assert (np.asarray(geometry.mask_of(edit, width, height))[:, :32] == 255).all()
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_uploaded_mask_is_scaled_to_the_canvas_and_kept_as_one_bit() -> None:
+    painted = Image.new("L", (100, 50), 0)
+    painted.paste(255, (50, 0, 100, 50))  # the right half
+    edit = geometry.mask_upload(64, 32, _png(painted), (100, 50))
+    mask = np.asarray(geometry.mask_of(edit, 64, 32))
+    assert (mask[:, 32:] == 255).all() and (mask[:, :32] == 0).all()
+    assert edit.mask_image is not None and Image.open(BytesIO(edit.mask_image)).mode == "1"
+    geometry.check_edit(edit, 64, 32)
+    for data, picture, says in (
+        (_png(painted), (64, 64), "the mask is 100x50 but the picture is 64x64"),
+        (_png(Image.new("L", (100, 50), 0)), (100, 50), "all black"),
+        (b"%PDF-1.4", (100, 50), "could not be read"),
+    ):
+        with pytest.raises(GeometryError, match=says):
+            geometry.mask_upload(64, 32, data, picture)

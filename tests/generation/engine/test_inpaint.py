@@ -75,3 +75,20 @@ def test_edits_reuse_the_loaded_weights_or_load_the_dedicated_checkpoint(
 def test_a_missing_inpainting_checkpoint_is_refused_at_load(tiny_models: TinyModelPaths) -> None:
     with pytest.raises(ModelLoadError, match="SDBOT_INPAINT_MODEL_ID"):
         DiffusionEngine.load(tiny_models.engine_config(inpaint_model_id="/no/such/folder"))
+
+
+def test_different_edits_of_one_size_share_a_batch_and_keep_their_own_masks(
+    tiny_engine: DiffusionEngine, source_png: bytes
+) -> None:
+    jobs = [
+        params.model_copy(update={"source_image": source_png, "seeds": (5, 6), "steps": 2})
+        for params in (zoom_out(LIMITS, BASE, "1.5x"), inpaint_region(LIMITS, BASE, "left"))
+    ]
+    assert jobs[0].batch_key == jobs[1].batch_key
+    outputs = tiny_engine.run_batch(jobs, ignore_steps, never)
+    for params, output in zip(jobs, outputs, strict=True):
+        assert params.edit is not None
+        canvas = edit_geometry.canvas_of(Image.open(BytesIO(source_png)), params.edit, 64, 64)
+        outside = np.asarray(edit_geometry.mask_of(params.edit, 64, 64)) == 0
+        for image in output.images:
+            assert np.abs(pixels(image.data) - np.asarray(canvas, dtype=np.int16))[outside].max() <= 2
