@@ -133,7 +133,9 @@ class TinyModelPaths:
     pipeline: Path
     safety_checker: Path
     upscaler: Path
-    inpaint: Path  # a dedicated inpainting checkpoint (9-channel UNet), for SDBOT_INPAINT_MODEL_ID
+    # A dedicated inpainting checkpoint (9-channel UNet) for SDBOT_INPAINT_MODEL_ID; optional so the
+    # three folders of an older tree still name a complete set.
+    inpaint: Path | None = None
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
