@@ -26,6 +26,11 @@ benchmark size.
 one sampled; 🔄: four sampled) on a 512x384 picture, the model's first load timed apart. The tiny
 random Florence-2 by default; `--describe-model florence-community/Florence-2-base` (or a folder)
 measures the real one.
+
+Edits (issue 12): a 4-image Zoom Out 2x and Pan right of a benchmark-size picture through the
+engine, against one bare call of the same inpainting pipeline with the same canvas, mask, prompt,
+generators and steps; the difference is what placing the source, the masks and the paste-back cost
+(with the engine's other plumbing), and `prepare_paste_ms` times those geometry steps alone.
 """
 
 from __future__ import annotations
@@ -39,21 +44,23 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 if __name__ == "__main__" and not __package__:
     # Run as `python benchmarks/generation.py`, this file's folder comes first on sys.path and this
     # module would shadow the `generation` package; put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from PIL import Image
 
 from generation import requests
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
+from generation.engine.inpaint import prepare
 from generation.engine.prompt_embeds import count_tokens, encode_batch
 from generation.engine.tiny_models import make_tiny_models
 from generation.requests import RequestLimits
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             paths.engine_config(device=args.device), size, args.preview_batch, args.preview_steps, args.repeats
         )
         describe = _describe_latency(engine, min(args.repeats, 3))
+        edits = _edits(engine, size, args.repeats)
     report = {
         "model": args.model,
         "device": engine.device,
@@ -97,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "prompt_encoding": encoding,
         "previews": previews,
         "describe": describe,
+        "edits": edits,
     }
     print(_table(report))
     print(
@@ -109,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         f"describe ({describe['model']}): first load {describe['load_s']} s; a /describe "
         f"{describe['first_ms']} ms, a 🔄 {describe['more_ms']} ms (best of {describe['repeats']})"
     )
+    for name, edit in edits.items():
+        print(
+            f"{name}: 4 images {edit['canvas']} in {edit['engine_ms']} ms, bare inpainting call {edit['bare_ms']} ms, "
+            f"overhead {edit['overhead_pct']}% (placing, masks and paste-back alone {edit['prepare_paste_ms']} ms)"
+        )
     print(json.dumps(report, indent=2))
 
 
@@ -314,6 +328,65 @@ def _preview_table(previews: dict[str, Any], size: int) -> str:
         "of generation time at the default interval"
     )
     return "\n".join(lines)
+
+
+def _edits(engine: DiffusionEngine, size: int, repeats: int, steps: int = 4) -> dict[str, Any]:
+    """Zoom Out 2x and Pan right of one picture, 4 images each: the engine (without safety check
+    and PNG encoding) against a bare inpainting call on the prepared canvas and mask."""
+    source_params = GenerationParams(pipeline=PipelineKind.TEXT2IMG, prompt=PLAIN_PROMPT, seeds=(7,), steps=steps,
+                                     guidance=0.0, width=size, height=size)
+    (made,) = engine.run_batch([source_params], lambda step, total: None, lambda: False)
+    data = made.images[0].data
+    assert data is not None
+    picture = Image.open(BytesIO(data)).convert("RGB")
+    limits = RequestLimits(max_size=2 * size, max_count=4)
+    base = requests.EditSource(width=size, height=size, prompt=PLAIN_PROMPT, steps=steps, guidance=0.0)
+    pipe, sync = engine.inpaint_pipeline, _synchronizer(engine)
+    results: dict[str, Any] = {}
+    for name, params in (("zoom_out_2x", requests.zoom_out(limits, base, "2x")),
+                         ("pan_right", requests.pan(limits, base, "right"))):
+        params = params.model_copy(update={"source_image": data, "seeds": (1, 2, 3, 4)})
+        edit = params.edit
+        assert edit is not None
+
+        def through_engine() -> float:
+            engine.run_batch([params], lambda step, total: None, lambda: False)
+            sync()
+            timings = engine.last_timings
+            return timings["total"] - timings["safety"] - timings["encode"]
+
+        def bare() -> float:
+            prepared = prepare(picture, edit, params.width, params.height)  # the inputs, untimed
+            started = time.perf_counter()
+            with torch.inference_mode():
+                pipe(prompt=[params.prompt] * 4, image=[prepared.canvas] * 4, mask_image=[prepared.mask] * 4,
+                     strength=params.strength, width=params.width, height=params.height, num_inference_steps=steps,
+                     guidance_scale=0.0, generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
+                     output_type="pil")
+            sync()
+            return time.perf_counter() - started
+
+        def geometry() -> float:
+            started = time.perf_counter()
+            for _ in params.seeds:
+                prepared = prepare(picture, edit, params.width, params.height)
+                prepared.finish(prepared.canvas)
+            return time.perf_counter() - started
+
+        through_engine(), bare()  # warm-up
+        engine_runs, bare_runs = [], []
+        for _ in range(repeats):  # interleaved, best of each kept, as in _measure
+            engine_runs.append(through_engine())
+            bare_runs.append(bare())
+        best_engine, best_bare = min(engine_runs), min(bare_runs)
+        results[name] = {
+            "canvas": f"{params.width}x{params.height}",
+            "engine_ms": round(1000 * best_engine, 1),
+            "bare_ms": round(1000 * best_bare, 1),
+            "overhead_pct": round(100 * (best_engine - best_bare) / best_bare, 1),
+            "prepare_paste_ms": round(1000 * min(geometry() for _ in range(repeats)), 2),
+        }
+    return results
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from bot.attachments import download_upload, keep_upload, save_upload
 from bot.delivery import Delivery
 from bot.errors import UserError
 from bot.permissions import is_moderator
-from bot.views import Action
+from bot.views import Action, EditModal
 from generation import requests
 from generation.engine.prompt_embeds import PromptReading
 from generation.jobs.image_files import read_if_present
@@ -41,6 +41,13 @@ from sdbot.types import (
     NewJob,
     PipelineKind,
 )
+
+# The editing buttons under an upscaled image: what each asks of `generation.requests`.
+_ZOOMS = {Action.ZOOM_2X: "2x", Action.ZOOM_1_5X: "1.5x"}
+_PANS = {Action.PAN_LEFT: "left", Action.PAN_RIGHT: "right", Action.PAN_UP: "up", Action.PAN_DOWN: "down"}
+_VARIES = {Action.VARY_SUBTLE: False, Action.VARY_STRONG: True}
+# Buttons that open a prompt box first when the member has Remix on.
+REMIX_ACTIONS = frozenset({*_ZOOMS, *_PANS, *_VARIES})
 
 # How long a second press of the same button by the same member counts as a repeat of the first.
 PRESS_WINDOW_S = 5.0
@@ -347,6 +354,12 @@ class Admission:
         if action == Action.CANCEL:
             await self.cancel(interaction, job_id)
             return
+        if await self._opens_modal(interaction, action):
+            # Nothing is queued yet: the modal's submit makes the job (and is checked then).
+            source = await self.find_image(interaction, job_id, number or 1)
+            modal = EditModal(action, job_id, number or 1, source.job.prompt, ask_region=action == Action.VARY_REGION)
+            await interaction.response.send_modal(modal)
+            return
         key = (interaction.user.id, interaction.message.id if interaction.message else 0, action, job_id, number)
         if (earlier := self._presses.get(key)) is not None:
             await self._answer_repeat(interaction, earlier)
@@ -370,7 +383,56 @@ class Admission:
         source = await self.find_image(interaction, job_id, number or 1)
         if action == Action.UPSCALE:
             return await self.upscale(interaction, source)
-        return await self.variations(interaction, source)
+        if action == Action.VARY:
+            return await self.variations(interaction, source)
+        return await self.edit(interaction, action, source)
+
+    async def _opens_modal(self, interaction: discord.Interaction, action: Action) -> bool:
+        if action == Action.VARY_REGION:
+            return True
+        assert interaction.guild_id is not None
+        return action in REMIX_ACTIONS and await self._store.remix(interaction.guild_id, interaction.user.id)
+
+    async def edit(
+        self, interaction: discord.Interaction, action: Action, source: Source | Upload, *,
+        prompt: str | None = None, region: str | None = None, mask: bytes | None = None,
+    ) -> JobRow | None:
+        """An editing button (or its modal, or an editing command): Vary (Subtle/Strong), Zoom Out,
+        Pan or Vary (Region), the region named or (for an upload) an uploaded mask. `prompt` None or
+        empty keeps the job's prompt."""
+        prompt = prompt or None
+        if isinstance(source, Source):
+            if action in _VARIES:
+                params = requests.vary(self.limits, source.job, source.image, strong=_VARIES[action], prompt=prompt)
+                return _first(await self.submit(
+                    interaction, JobKind.VARIATION, [params], source=source.image, source_path=source.path
+                ))
+            base = requests.EditSource.of_image(source.job, source.image, prompt)
+        else:
+            base = requests.EditSource.of_upload(
+                self.limits, self.model.native_size, source.width, source.height, prompt or ""
+            )
+        if action in _ZOOMS:
+            params = requests.zoom_out(self.limits, base, _ZOOMS[action])
+        elif action in _PANS:
+            params = requests.pan(self.limits, base, _PANS[action])
+        elif mask is not None:
+            assert isinstance(source, Upload), "only /inpaint takes a mask, with an upload"
+            params = requests.inpaint_mask(self.limits, base, mask, (source.width, source.height))
+        else:
+            params = requests.inpaint_region(self.limits, base, region or "")
+        image = source.image if isinstance(source, Source) else None
+        return _first(await self.submit(
+            interaction, JobKind.VARIATION, [params], source=image, source_path=source.path
+        ))
+
+    async def submit_modal(
+        self, interaction: discord.Interaction, action: Action, job_id: int, number: int, prompt: str,
+        region: str | None,
+    ) -> JobRow | None:
+        """The Remix or Vary (Region) box was sent: the edit, with the prompt as the member left it."""
+        source = await self.find_image(interaction, job_id, number)
+        return await self.edit(interaction, action, source, prompt=requests.normalise_text(prompt), region=region)
 
     async def _answer_repeat(self, interaction: discord.Interaction, first: asyncio.Future[JobRow | None]) -> None:
         """A repeated press: point at the job the first one made (waiting briefly for it)."""

@@ -58,6 +58,20 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
+    edit = commands.add_parser(
+        "edit", help="zoom out, pan or repaint a region of a picture locally (as the editing buttons do)"
+    )
+    edit.add_argument("source", type=Path, help="the picture (PNG, JPEG or WebP)")
+    what = edit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--zoom-out", choices=("2", "1.5"), help="shrink it in the middle, paint the border")
+    what.add_argument("--pan", choices=("left", "right", "up", "down"), help="extend it by half its size")
+    what.add_argument("--region", help="repaint left, right, top, bottom, center or x,y,w,h in percent")
+    edit.add_argument("--prompt", default="", help="what the new pixels show")
+    edit.add_argument("--seed", type=_seed, help="seed of the first image (-1 or empty: random, the default)")
+    edit.add_argument("--count", type=int, default=1, help="number of images (default 1, at most SDBOT_MAX_COUNT)")
+    edit.add_argument("--steps", type=int, help="denoising steps (default: SDBOT_DEFAULT_STEPS)")
+    edit.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
+
     prune = commands.add_parser(
         "prune", help="delete image files of jobs that ended over SDBOT_KEEP_IMAGES_DAYS ago (records stay)"
     )
@@ -103,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "migrate": _migrate,
         "imagine": _imagine,
+        "edit": _edit,
         "prune": _prune,
         "backup": _backup,
         "parse-prompt": _parse_prompt,
@@ -191,12 +206,12 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 def _imagine(settings: Settings, args: argparse.Namespace) -> int:
     from generation.engine.config import EngineConfig
     from generation.engine.diffusion import DiffusionEngine
-    from generation.errors import GenerationError
 
     if args.model:
         settings = settings.model_copy(update={"model_id": args.model})
     limits = RequestLimits.from_settings(settings)
-    try:
+
+    def work() -> list[tuple[Path, int]]:
         # Every argument is checked before the model loads (seconds to minutes); again after, with
         # the model's native size and its token count.
         _imagine_batches(args, limits, limits.min_size)
@@ -204,13 +219,58 @@ def _imagine(settings: Settings, args: argparse.Namespace) -> int:
         batches, notes = _imagine_batches(args, limits, engine.native_size, engine.token_counter())
         for note in notes:
             log.warning("%s", note)
-        written = imagine_to_files(engine, batches, args.out)
+        return imagine_to_files(engine, batches, args.out)
+
+    return _print_written(work)
+
+
+def _edit(settings: Settings, args: argparse.Namespace) -> int:
+    from generation.engine.config import EngineConfig
+    from generation.engine.diffusion import DiffusionEngine
+
+    def work() -> list[tuple[Path, int]]:
+        params = _edit_params(args, RequestLimits.from_settings(settings))  # checked before the model loads
+        return imagine_to_files(DiffusionEngine.load(EngineConfig.from_settings(settings)), [params], args.out)
+
+    return _print_written(work)
+
+
+def _print_written(work: Callable[[], list[tuple[Path, int]]]) -> int:
+    """Run a local generation: one `path<TAB>seed=N` line per file, or one line on stderr."""
+    from generation.errors import GenerationError
+
+    try:
+        written = work()
     except GenerationError as error:
         print(f"sdbot: {error}", file=sys.stderr)
         return 1
     for path, seed in written:
         print(f"{path}\tseed={seed}")
     return 0
+
+
+def _edit_params(args: argparse.Namespace, limits: RequestLimits) -> GenerationParams:
+    """The edit of `sdbot edit`, at the picture's own size, built and validated as the bot does."""
+    from PIL import Image
+
+    from generation.errors import InvalidRequest
+
+    try:
+        data = args.source.read_bytes()
+        with Image.open(args.source) as opened:
+            width, height = opened.size
+    except OSError as error:
+        raise InvalidRequest(f"could not read the picture {args.source}: {error}") from None
+    source = requests.EditSource(width=width, height=height, prompt=args.prompt, steps=args.steps)
+    if args.zoom_out:
+        params = requests.zoom_out(limits, source, f"{args.zoom_out}x")
+    elif args.pan:
+        params = requests.pan(limits, source, args.pan)
+    else:
+        params = requests.inpaint_region(limits, source, args.region)
+    params = params.model_copy(update={"seeds": requests.seeds(args.count, args.seed), "source_image": data})
+    requests.validate(params, limits)
+    return params
 
 
 def _imagine_batches(
@@ -353,6 +413,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_UPSCALER_MODEL_ID={paths.upscaler}")
     print(f"SDBOT_PREVIEW_DECODER_ID={paths.preview_decoder}")
     print(f"SDBOT_DESCRIBE_MODEL_ID={paths.describer}")
+    print(f"# optional, a dedicated inpainting checkpoint for edits: SDBOT_INPAINT_MODEL_ID={paths.inpaint}")
     return 0
 
 

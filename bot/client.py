@@ -39,6 +39,8 @@ EXTENSIONS = (
     "bot.exts.safety",
     "bot.exts.buttons",
     "bot.exts.describe",
+    "bot.exts.edit",
+    "bot.exts.settings",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from sdbot.types import ImageRow, JobKind, JobRow, JobStatus
+from sdbot.types import Edit, EditOp, ImageRow, JobKind, JobRow, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 _KIND_VERB = {
@@ -16,6 +16,31 @@ _KIND_VERB = {
 }
 
 
+def edit_name(edit: Edit) -> str:
+    """What the member pressed or typed: `Zoom Out 2x`, `Pan right`, `Vary (Region center)`."""
+    match edit.op:
+        case EditOp.ZOOM_OUT:
+            return f"Zoom Out {edit.label}"
+        case EditOp.PAN:
+            return f"Pan {edit.label}"
+        case EditOp.REGION:
+            return f"Vary (Region {edit.label})"
+
+
+def edit_text(edit: Edit, width: int, height: int) -> str:
+    """The edit's geometry, for /job: where the source sits on the canvas and what was repainted."""
+    x, y, w, h = edit.place
+    text = f"{edit_name(edit)}: source at {x},{y} as {w}×{h} on a {width}×{height} canvas"
+    if edit.mask is not None:
+        mx, my, mw, mh = edit.mask
+        text += f", box {mx},{my} {mw}×{mh} repainted"
+    elif edit.mask_image is not None:
+        text += ", the white of the uploaded mask repainted"
+    else:
+        text += ", the rest repainted"
+    return f"{text}, feather {edit.feather} px"
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -23,7 +48,8 @@ def clip(text: str, limit: int) -> str:
 def describe(job: JobRow) -> str:
     """`Imagine #12 “a cat in a hat”`: how a job is named in every message."""
     subject = f" “{clip(job.prompt, 80)}”" if job.prompt else ""
-    return f"{_KIND_VERB[job.kind]} #{job.id}{subject}"
+    verb = edit_name(job.edit) if job.edit is not None and job.kind is JobKind.VARIATION else _KIND_VERB[job.kind]
+    return f"{verb} #{job.id}{subject}"
 
 
 def duration(seconds: float) -> str:
@@ -116,6 +142,8 @@ def record_embed(job: JobRow, images: list[ImageRow], chunks: list[int] | None =
         if len(chunks) > 1:
             params += f" in {len(chunks)} chunks ({' + '.join(map(str, chunks))})"
     embed.add_field(name="Parameters", value=params, inline=False)
+    if job.edit is not None:
+        embed.add_field(name="Edit", value=clip(edit_text(job.edit, job.width, job.height), 1024), inline=False)
     seeds = images or []
     seed_text = ", ".join(f"{i.idx + 1}: `{i.seed}`" + (" (flagged)" if i.flagged else "") for i in seeds)
     embed.add_field(

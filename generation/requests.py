@@ -18,10 +18,13 @@ import secrets
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
+from typing import TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from generation import edit_geometry
+from generation.edit_geometry import Direction, GeometryError
 from generation.errors import InvalidRequest
 from generation.png_info import MadeWith
 from generation.prompt_check import check_prompt
@@ -33,13 +36,17 @@ from generation.prompt_syntax import (
 )
 from generation.styles import Style, apply_styles
 from sdbot.settings import Settings
-from sdbot.types import MAX_SEED, GenerationParams, ImageRow, JobRow, PipelineKind
+from sdbot.types import MAX_SEED, Edit, GenerationParams, ImageRow, JobRow, PipelineKind
+
+T = TypeVar("T")
 
 ASPECTS = {"1:1": (1, 1), "2:3": (2, 3), "3:2": (3, 2), "16:9": (16, 9), "9:16": (9, 16)}
 MAX_GUIDANCE = 30.0  # the same bound as SDBOT_DEFAULT_GUIDANCE
 MIN_STRENGTH, MAX_STRENGTH = 0.1, 1.0
 DEFAULT_STRENGTH = 0.6
 UPSCALE_STEPS = 20  # what the x2 latent upscaler is tuned for
+# Zoom out, pan and vary region repaint their mask from pure noise (the pixels kept are pasted back).
+EDIT_STRENGTH = 1.0
 SIZE_MULTIPLE = 64
 RANDOM_SEED = -1  # the seed that asks for a random one, as in AUTOMATIC1111
 MAX_STYLES = 3
@@ -66,6 +73,8 @@ class RequestLimits(BaseModel):
     blocked_words: tuple[str, ...] = ()
     default_steps: int = 4
     default_guidance: float = 0.0
+    vary_subtle_strength: float = 0.35
+    vary_strong_strength: float = 0.75
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
@@ -297,6 +306,108 @@ def variation_of_upload(
                      strength=strength, count=count)
 
 
+def vary(limits: RequestLimits, job: JobRow, image: ImageRow, *, strong: bool, prompt: str | None = None
+         ) -> GenerationParams:
+    """Vary (Subtle) or Vary (Strong) of a posted image: a variation at the configured strength."""
+    base = EditSource.of_image(job, image, prompt)
+    return variation(
+        limits, prompt=base.prompt, negative=base.negative, width=image.width, height=image.height,
+        steps=base.steps, guidance=base.guidance,
+        strength=limits.vary_strong_strength if strong else limits.vary_subtle_strength,
+    )
+
+
+class EditSource(BaseModel):
+    """The picture an edit starts from and the text it keeps: a posted image with its job's prompt,
+    or an upload (fitted to the model's native pixel count, in its shape)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int
+    height: int
+    prompt: str = ""
+    negative: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+
+    @classmethod
+    def of_image(cls, job: JobRow, image: ImageRow, prompt: str | None = None) -> EditSource:
+        """An upscale's steps and guidance are the upscaler's: its edits take the defaults."""
+        diffused = job.pipeline is not PipelineKind.UPSCALE
+        return cls(width=image.width, height=image.height, prompt=job.prompt if prompt is None else prompt,
+                   negative=job.negative_prompt, steps=job.steps if diffused else None,
+                   guidance=job.guidance if diffused else None)
+
+    @classmethod
+    def of_upload(cls, limits: RequestLimits, native_size: int, width: int, height: int, prompt: str = ""
+                  ) -> EditSource:
+        target_w, target_h = fit(native_size * native_size, width / height, limits)
+        return cls(width=target_w, height=target_h, prompt=prompt)
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """The size edits work at: the VAE needs multiples of 8 (the source is resized to fit)."""
+        multiple = edit_geometry.CANVAS_MULTIPLE
+        return max(multiple, self.width // multiple * multiple), max(multiple, self.height // multiple * multiple)
+
+
+def zoom_out(limits: RequestLimits, source: EditSource, factor: str) -> GenerationParams:
+    """Zoom Out 2x / 1.5x: the picture shrunk in the middle of a canvas of its size, the border new."""
+    if factor not in edit_geometry.ZOOM_FACTORS:
+        raise InvalidRequest(f"zoom out by {', '.join(edit_geometry.ZOOM_FACTORS)}, not “{factor}”")
+    width, height = source.canvas
+    return _edit(limits, source, width, height,
+                 lambda: edit_geometry.zoom_out(width, height, edit_geometry.ZOOM_FACTORS[factor], factor))
+
+
+def pan(limits: RequestLimits, source: EditSource, direction: str) -> GenerationParams:
+    """Pan: the canvas grown by half the picture towards `direction`, the new strip painted."""
+    try:
+        towards = Direction(direction.strip().lower())
+    except ValueError:
+        raise InvalidRequest(f"pan {', '.join(Direction)}, not “{direction}”") from None
+    width, height = source.canvas
+    canvas_w, canvas_h, edit = _geometry(lambda: edit_geometry.pan(width, height, towards, limits.max_size))
+    return _edit(limits, source, canvas_w, canvas_h, lambda: edit)
+
+
+def inpaint_region(limits: RequestLimits, source: EditSource, region: str) -> GenerationParams:
+    """Vary (Region): the picture kept, the named or `x,y,w,h` percent box repainted."""
+    width, height = source.canvas
+    return _edit(limits, source, width, height, lambda: edit_geometry.region(width, height, region))
+
+
+def inpaint_mask(limits: RequestLimits, source: EditSource, mask: bytes, picture: tuple[int, int]) -> GenerationParams:
+    """/inpaint with an uploaded mask: white is repainted; it must have the picture's size."""
+    width, height = source.canvas
+    return _edit(limits, source, width, height, lambda: edit_geometry.mask_upload(width, height, mask, picture))
+
+
+def _edit(
+    limits: RequestLimits, source: EditSource, width: int, height: int, make: Callable[[], Edit]
+) -> GenerationParams:
+    return GenerationParams(
+        pipeline=PipelineKind.IMG2IMG,
+        prompt=normalise_text(source.prompt),
+        negative_prompt=normalise_text(source.negative),
+        seeds=seeds(limits.max_count),
+        steps=limits.default_steps if source.steps is None else source.steps,
+        guidance=limits.default_guidance if source.guidance is None else source.guidance,
+        width=width,
+        height=height,
+        strength=EDIT_STRENGTH,
+        edit=_geometry(make),
+    )
+
+
+def _geometry(make: Callable[[], T]) -> T:
+    """Run a geometry step; a picture the edit does not fit is the member's to fix."""
+    try:
+        return make()
+    except GeometryError as error:
+        raise InvalidRequest(str(error)) from None
+
+
 def upscale(width: int, height: int, *, prompt: str = "", negative: str = "") -> GenerationParams:
     """x2 of a `width` x `height` picture; sizes go down to a multiple of 64 (the engine resizes the
     source and says so), as the upscaler's UNet needs."""
@@ -419,6 +530,8 @@ def validate(
     if params.pipeline is PipelineKind.UPSCALE and (params.width % 64 or params.height % 64):
         # The upscaler's UNet halves its latents three times: odd latent sizes do not fit.
         raise InvalidRequest(f"an upscale works on sizes in multiples of 64 pixels (got {params.width}x{params.height})")
+    if (edit := params.edit) is not None:
+        _geometry(lambda: edit_geometry.check_edit(edit, params.width, params.height))
     if params.source_image is not None:
         check_source(params, params.source_image, limits)
 

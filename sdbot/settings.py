@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
     # /describe's captioning model; "none" turns /describe off.
     describe_model_id: str = "florence-community/Florence-2-base"
+    inpaint_model_id: str | None = None
     device: str = "auto"
     # GPU fast path (README: "GPU speed"); auto = on where the device is CUDA.
     compile: Literal["auto", "on", "off"] = "auto"
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(4096 * 4096, ge=64 * 64)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Editing (issue 12): the img2img strength of Vary (Subtle) and Vary (Strong)
+    vary_subtle_strength: float = Field(0.35, ge=0.1, le=1.0)
+    vary_strong_strength: float = Field(0.75, ge=0.1, le=1.0)
     # Queue and worker
     max_queued_per_user: int = Field(4, ge=1)
     queue_capacity: int = Field(100, ge=1)

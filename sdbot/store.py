@@ -21,7 +21,7 @@ import aiosqlite
 from pydantic import BaseModel
 
 from sdbot.migrate import apply_migrations, schema_version
-from sdbot.types import ImageRow, JobRow, JobStatus, NewJob
+from sdbot.types import Edit, ImageRow, JobRow, JobStatus, NewJob
 
 
 class QuotaExceeded(Exception):
@@ -154,8 +154,8 @@ class Store:
                 """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
                        negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
                        source_job_id, source_index, source_path, return_flagged, created_at,
-                       application_id, interaction_token, tile, typed_prompt, styles)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       application_id, interaction_token, tile, typed_prompt, styles, edit)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    RETURNING *""",
                 (
                     job.kind, params.pipeline, job.guild_id, job.channel_id, job.user_id,
@@ -164,6 +164,7 @@ class Store:
                     job.model_id, job.source_job_id, job.source_index, job.source_path,
                     params.return_flagged, now, job.application_id, job.interaction_token,
                     params.tile, params.typed_prompt, json.dumps(list(params.styles)),
+                    params.edit.model_dump_json() if params.edit else None,
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
@@ -477,6 +478,23 @@ class Store:
 
     # Audit log
 
+    # Member preferences
+
+    async def remix(self, guild_id: int, user_id: int) -> bool:
+        """Whether the member wants a prompt box before each Vary, Zoom and Pan (off by default)."""
+        row = await self._fetchone(
+            "SELECT remix FROM member_settings WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        return bool(row and row["remix"])
+
+    async def set_remix(self, guild_id: int, user_id: int, on: bool) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO member_settings (guild_id, user_id, remix) VALUES (?, ?, ?)
+                   ON CONFLICT (guild_id, user_id) DO UPDATE SET remix = excluded.remix""",
+                (guild_id, user_id, on),
+            )
+
     async def audit(
         self,
         guild_id: int,
@@ -538,4 +556,5 @@ def _job(row: aiosqlite.Row) -> JobRow:
     values["return_flagged"] = bool(values["return_flagged"])
     values["tile"] = bool(values["tile"])
     values["styles"] = json.loads(values["styles"])
+    values["edit"] = Edit.model_validate_json(values["edit"]) if values["edit"] else None
     return JobRow(**values)

@@ -39,6 +39,31 @@ class PipelineKind(StrEnum):
     CAPTION = "caption"
 
 
+class EditOp(StrEnum):
+    """Which inpainting edit a job is (issue 12); its jobs are image-to-image jobs with a mask."""
+
+    ZOOM_OUT = "zoom_out"
+    PAN = "pan"
+    REGION = "region"
+
+
+class Edit(BaseModel):
+    """An inpainting edit: the source picture resized into `place` on a canvas of the job's width x
+    height, then the `mask` box, or the white of `mask_image`, repainted (neither: everything outside
+    `place`, i.e. outpainting). Boxes are (x, y, width, height) in canvas pixels; `feather` is the
+    blend width in pixels."""
+
+    # The uploaded mask is kept with the job (a 1-bit PNG: a few kB) so a reroll needs no file.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    op: EditOp
+    place: tuple[int, int, int, int]
+    mask: tuple[int, int, int, int] | None = None
+    mask_image: bytes | None = Field(default=None, repr=False)
+    feather: int = 0
+    label: str = ""  # what the member chose, for messages: "2x", "right", "center"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -74,6 +99,8 @@ class GenerationParams(BaseModel):
     # the styles applied. `prompt` and `negative_prompt` are what runs, styles included.
     typed_prompt: str | None = None
     styles: tuple[str, ...] = ()
+    # Inpainting edits (zoom out, pan, vary region): run by the inpainting pipeline.
+    edit: Edit | None = None
 
     @property
     def image_count(self) -> int:
@@ -85,9 +112,12 @@ class GenerationParams(BaseModel):
         return 0 if self.pipeline is PipelineKind.CAPTION else self.image_count
 
     @property
-    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool]:
+    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool, bool]:
         """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile)
+        return (
+            self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile,
+            self.edit is not None,
+        )
 
 
 class GenerationRecord(BaseModel):
@@ -179,6 +209,7 @@ class JobRow(BaseModel):
     tile: bool = False
     typed_prompt: str | None = None
     styles: list[str] = Field(default_factory=list)
+    edit: Edit | None = None
     status: JobStatus
     status_reason: str | None
     created_at: float

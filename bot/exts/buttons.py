@@ -1,4 +1,5 @@
-"""Result and queue buttons: `bot.views.JobButton` dispatches each press here as `job_button`."""
+"""Result and queue buttons: `bot.views.JobButton` dispatches each press here as `job_button`, and
+the editing prompt box (`bot.views.EditModal`) its submit as `edit_modal`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ class Buttons(commands.Cog):
         try:
             await self.bot.admission.press(interaction, action, job_id, number)
         except Exception as error:  # noqa: BLE001 - buttons have no command tree: the same error path
+            await reply_with_error(interaction, error)
+
+    @commands.Cog.listener()
+    async def on_edit_modal(
+        self, interaction: discord.Interaction, action: Action, job_id: int, number: int, prompt: str,
+        region: str | None,
+    ) -> None:
+        try:
+            await self.bot.admission.submit_modal(interaction, action, job_id, number, prompt, region)
+        except Exception as error:  # noqa: BLE001 - the same error path as the buttons
             await reply_with_error(interaction, error)
 
 

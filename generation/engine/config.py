@@ -19,6 +19,8 @@ class EngineConfig(BaseModel):
     safety_checker: bool = True
     upscaler_model_id: str
     describe_model_id: str = "none"
+    # A dedicated inpainting checkpoint for edits; None: inpaint with the main model's modules.
+    inpaint_model_id: str | None = None
     device: str = "auto"
     # The token cap of prompt encoding (checked again here for callers that could not count).
     max_prompt_tokens: int = 450

@@ -36,10 +36,13 @@ from generation.engine.devices import (
     is_out_of_memory,
     resolve_device,
 )
+from generation.engine.inpaint import Prepared, prepare
 from generation.engine.pipelines import (
     LoadedPipeline,
     check_folders,
     img2img_from,
+    inpaint_from,
+    load_inpainter,
     load_preview_decoder,
     load_safety_checker,
     load_text2img,
@@ -64,6 +67,7 @@ from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from generation.prompt_syntax import PromptSyntaxError
 from generation.requests import SOURCE_FORMATS
 from sdbot.types import (
+    Edit,
     GeneratedImage,
     GenerationParams,
     GenerationRecord,
@@ -124,6 +128,7 @@ class DiffusionEngine:
         self._text2img: LoadedPipeline | None = None
         self._img2img: LoadedPipeline | None = None
         self._upscaler: LoadedPipeline | None = None
+        self._inpainter: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
         self._previews: PreviewMaker | None = None
         self._captioner: Captioner | None = None  # /describe's model, loaded on the first caption job
@@ -207,6 +212,12 @@ class DiffusionEngine:
     def text2img_pipeline(self) -> Any:
         """The loaded diffusers text-to-image pipeline (for benchmarks and debugging)."""
         return self._loaded_text2img().pipe
+
+    @property
+    def inpaint_pipeline(self) -> Any:
+        """The diffusers inpainting pipeline edits run on (for benchmarks and debugging)."""
+        with self._lock:
+            return self._loaded_inpainter().pipe
 
     def warm_up(self, sizes: Sequence[int], buckets: Sequence[int], guidance: float = 0.0) -> None:
         """Run every (size, batch bucket) once, so that a compiled engine builds its graphs before
@@ -318,7 +329,8 @@ class DiffusionEngine:
     def _add_input_warnings(self, job: _Job) -> None:
         """Things the user would not otherwise know changed or were ignored in their request."""
         params = job.params
-        if job.source is not None and job.source.size != (params.width, params.height):
+        # An edit places its source on its canvas itself (shrunk for a zoom out, beside a pan's strip).
+        if job.source is not None and params.edit is None and job.source.size != (params.width, params.height):
             job.warnings.append(
                 f"the source image was {job.source.width}x{job.source.height}; "
                 f"it was resized to {params.width}x{params.height}"
@@ -382,13 +394,27 @@ class DiffusionEngine:
     ) -> _Produced:
         params = jobs[0].params
         loaded = self._text2img if params.pipeline is PipelineKind.TEXT2IMG else self._img2img
+        if params.edit is not None:
+            loaded = self._loaded_inpainter()
         assert loaded is not None
         pipe = loaded.pipe
         steps = params.steps
-        if params.pipeline is PipelineKind.IMG2IMG:
+        edits: list[Prepared] = []
+        if params.edit is not None:
             assert params.strength is not None
             steps = effective_steps(params.steps, params.strength)
-            shape_args: dict[str, Any] = {"image": _per_image(jobs, _source), "strength": params.strength}
+            edits = _per_image(jobs, lambda job: prepare(_source(job), _edit(job), params.width, params.height))
+            shape_args: dict[str, Any] = {
+                "image": [item.canvas for item in edits],
+                "mask_image": [item.mask for item in edits],
+                "strength": params.strength,
+                "width": params.width,
+                "height": params.height,
+            }
+        elif params.pipeline is PipelineKind.IMG2IMG:
+            assert params.strength is not None
+            steps = effective_steps(params.steps, params.strength)
+            shape_args = {"image": _per_image(jobs, _source), "strength": params.strength}
         else:
             shape_args = {"width": params.width, "height": params.height}
         _set_vae_tiling(pipe.vae, params.width * params.height)
@@ -430,6 +456,8 @@ class DiffusionEngine:
             ).images[:count]
         finally:
             set_seamless(pipe, False)
+        if edits:  # the kept pixels come from the canvas, not from the VAE's round trip
+            images = [item.finish(image) for item, image in zip(edits, images, strict=True)]
         extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
 
@@ -526,6 +554,8 @@ class DiffusionEngine:
             extra["source_sha256"] = hashlib.sha256(params.source_image).hexdigest()[:16]
         if params.styles:
             extra["styles"] = list(params.styles)
+        if params.edit is not None:
+            extra["edit"] = params.edit.model_dump(mode="json", exclude={"mask_image"})
         if params.typed_prompt is not None and params.typed_prompt != params.prompt:
             extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(
@@ -554,6 +584,15 @@ class DiffusionEngine:
         assert self._text2img is not None
         return self._text2img
 
+    def _loaded_inpainter(self) -> LoadedPipeline:
+        """The dedicated inpainting checkpoint, loaded at the first edit, or the main model's modules."""
+        if self._inpainter is None:
+            if self.config.inpaint_model_id:
+                self._inpainter = load_inpainter(self.config, self._device, self._dtype)
+            else:
+                self._inpainter = inpaint_from(self._loaded_text2img())
+        return self._inpainter
+
     def _loaded_upscaler(self) -> LoadedPipeline:
         if self._upscaler is None:
             self._upscaler = load_upscaler(self.config, self._device, self._dtype)
@@ -572,6 +611,11 @@ def _preview(previews: PreviewMaker, latents: torch.Tensor, counts: list[int]) -
 def _source(job: _Job) -> Image.Image:
     assert job.source is not None
     return job.source
+
+
+def _edit(job: _Job) -> Edit:
+    assert job.params.edit is not None
+    return job.params.edit
 
 
 def _per_image(jobs: Sequence[_Job], value: Callable[[_Job], Any]) -> list[Any]:

@@ -22,6 +22,7 @@ import transformers.utils.logging
 from diffusers import (
     AutoencoderTiny,
     AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     DiffusionPipeline,
     StableDiffusionLatentUpscalePipeline,
@@ -101,6 +102,39 @@ def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
     return LoadedPipeline(pipe, text2img.model_id, text2img.revision, text2img.fast_path)
 
 
+def inpaint_from(text2img: LoadedPipeline) -> LoadedPipeline:
+    """Inpainting (zoom out, pan, vary region) on the same modules: no second copy of the weights;
+    a 4-channel UNet inpaints by re-noising the kept latents at each step."""
+    try:
+        pipe = AutoPipelineForInpainting.from_pipe(text2img.pipe, requires_safety_checker=False)
+    except ValueError as error:  # no inpainting counterpart for this pipeline class
+        raise ModelLoadError(
+            f"could not use {_name('model_id')}={text2img.model_id!r} for edits: {_first_line(error)}; "
+            f"set {_name('inpaint_model_id')} to an inpainting checkpoint"
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, text2img.model_id, text2img.revision, text2img.fast_path)
+
+
+def load_inpainter(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
+    """The dedicated inpainting checkpoint of SDBOT_INPAINT_MODEL_ID (a 9-channel UNet that also
+    reads the masked picture), without diffusers' own safety checker."""
+    setting = "inpaint_model_id"
+    model_id = config.inpaint_model_id
+    assert model_id is not None
+    folder, revision = _resolve_pipeline_folder(model_id, None, setting)
+    pipe = _attempt(
+        lambda: AutoPipelineForInpainting.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        ),
+        setting,
+        model_id,
+    )
+    _attempt(lambda: pipe.to(device), setting, model_id)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, model_id, revision)
+
+
 def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
     setting = "upscaler_model_id"
     model_id = config.upscaler_model_id
@@ -166,6 +200,8 @@ def check_folders(config: EngineConfig) -> None:
         _refuse_missing_folder(config.safety_model_id, "safety_model_id")
     if not config.plain_upscale:
         _refuse_missing_folder(config.upscaler_model_id, "upscaler_model_id")
+    if config.inpaint_model_id:
+        _refuse_missing_folder(config.inpaint_model_id, "inpaint_model_id")
 
 
 def to_download(config: EngineConfig) -> list[str]:

@@ -3,8 +3,9 @@
 `make_tiny_models(dir)` (behind `sdbot make-test-model`) writes four folders that the production loading code reads exactly like hub
 downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, a x2 latent upscaler pipeline, a TAESD (`AutoencoderTiny`) for live previews
-and a Florence-2 captioner for /describe (its captions are gibberish). The "tiny" shape runs a 64x64 image in a
+`CLIPImageProcessor`, a x2 latent upscaler pipeline, an inpainting pipeline (9-channel UNet), a TAESD
+(`AutoencoderTiny`) for live previews and a Florence-2 captioner for /describe (its captions are
+gibberish). The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -23,6 +24,7 @@ from diffusers import (
     AutoencoderKL,
     AutoencoderTiny,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -150,6 +152,9 @@ class TinyModelPaths:
     upscaler: Path
     preview_decoder: Path
     describer: Path
+    # A dedicated inpainting checkpoint (9-channel UNet) for SDBOT_INPAINT_MODEL_ID; optional so the
+    # three folders of an older tree still name a complete set.
+    inpaint: Path | None = None
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -177,6 +182,7 @@ def make_tiny_models(
         upscaler=directory / "upscaler",
         preview_decoder=directory / "preview-decoder",
         describer=directory / "describer",
+        inpaint=directory / "inpaint",
     )
     torch.manual_seed(0)
     _text2img_pipeline(shape).save_pretrained(paths.pipeline)
@@ -185,6 +191,7 @@ def make_tiny_models(
     _latent_upscaler().save_pretrained(paths.upscaler)
     AutoencoderTiny(latent_channels=4, **_SHAPES[shape]["taesd"]).save_pretrained(paths.preview_decoder)
     make_describer(paths.describer)
+    _inpaint_pipeline().save_pretrained(paths.inpaint)
     return paths
 
 
@@ -278,6 +285,14 @@ def _text2img_pipeline(shape: ModelShape) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def _inpaint_pipeline() -> StableDiffusionInpaintPipeline:
+    # Laid out like stabilityai/stable-diffusion-2-inpainting: the UNet reads the noisy latents (4),
+    # the mask (1) and the masked picture's latents (4).
+    text2img = _text2img_pipeline("tiny")
+    unet = UNet2DConditionModel(in_channels=9, out_channels=4, **_SHAPES["tiny"]["unet"])
+    return StableDiffusionInpaintPipeline(**{**text2img.components, "unet": unet}, requires_safety_checker=False)
 
 
 def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:

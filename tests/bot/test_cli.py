@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from bot.cli import _imagine_batches, imagine_to_files
@@ -37,10 +38,19 @@ def sdbot(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subproces
     )
 
 
+def _tiny_env(models: TinyModelPaths) -> dict[str, str]:
+    return {
+        "SDBOT_MODEL_ID": str(models.pipeline),
+        "SDBOT_SAFETY_MODEL_ID": str(models.safety_checker),
+        "SDBOT_UPSCALER_MODEL_ID": str(models.upscaler),
+        "SDBOT_DEVICE": "cpu",
+    }
+
+
 def test_help_lists_the_subcommands(tmp_path: Path) -> None:
     result = sdbot("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("run", "migrate", "imagine", "prune", "backup", "describe", "make-test-model"):
+    for command in ("run", "migrate", "imagine", "edit", "prune", "backup", "describe", "make-test-model"):
         assert command in result.stdout
 
 
@@ -79,12 +89,7 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
     made = sdbot("make-test-model", "models", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert "SDBOT_MODEL_ID=" in made.stdout and (tmp_path / "models" / "pipeline" / "model_index.json").exists()
-    env = {
-        "SDBOT_MODEL_ID": str(tiny_models.pipeline),
-        "SDBOT_SAFETY_MODEL_ID": str(tiny_models.safety_checker),
-        "SDBOT_UPSCALER_MODEL_ID": str(tiny_models.upscaler),
-        "SDBOT_DEVICE": "cpu",
-    }
+    env = _tiny_env(tiny_models)
     result = sdbot("imagine", "a tiny test", "--seed", "41", "--count", "2", "--steps", "2", "--out", "out",
                    env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -245,3 +250,21 @@ def test_parse_prompt_shows_flags_weights_and_token_chunks(tmp_path: Path, tiny_
 
     refused = sdbot("parse-prompt", "a [cat:dog:0.5]", env=env, cwd=tmp_path)
     assert refused.returncode == 1 and "prompt editing" in refused.stderr
+
+
+def test_edit_pans_a_picture_and_keeps_its_pixels(tmp_path: Path, tiny_models: TinyModelPaths) -> None:
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(source)
+    env = _tiny_env(tiny_models)
+    result = sdbot("edit", "source.png", "--pan", "right", "--prompt", "sea", "--seed", "5", "--steps", "2",
+                   "--out", "out", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    path, seed = result.stdout.strip().split("\tseed=")
+    assert seed == "5"
+    with Image.open(tmp_path / path) as image:
+        assert image.size == (96, 64)
+        kept = np.asarray(image.convert("RGB"), dtype=np.int16)[:, :64]
+        assert np.abs(kept - np.array([30, 90, 200])).max() <= 2
+    refused = sdbot("edit", "source.png", "--region", "90,0,20,20", env=env, cwd=tmp_path)
+    assert refused.returncode == 1 and "reaches past the picture" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -273,3 +273,45 @@ def test_reuse_runs_the_pictures_settings_and_fits_a_size_outside_the_limits() -
     assert max(huge.width, huge.height) <= LIMITS.max_size and huge.width > huge.height
     with pytest.raises(InvalidRequest, match="no prompt to reuse"):
         requests.reuse(LIMITS, MadeWith(generator="x"), 512)
+
+
+# Edits (issue 12): built from a posted image or an upload, refused before anything is queued.
+
+EDIT_SOURCE = requests.EditSource(width=128, height=128, prompt="a harbour")
+
+
+def test_edits_are_masked_img2img_jobs_of_four_images_on_their_canvas() -> None:
+    zoom = requests.zoom_out(LIMITS, EDIT_SOURCE, "1.5x")
+    assert (zoom.width, zoom.height, zoom.strength, zoom.image_count) == (128, 128, 1.0, 4)
+    assert zoom.pipeline is PipelineKind.IMG2IMG and zoom.edit is not None and zoom.edit.label == "1.5x"
+    pan = requests.pan(LIMITS, EDIT_SOURCE, "Up")
+    assert (pan.width, pan.height) == (128, 192)
+    region = requests.inpaint_region(LIMITS, EDIT_SOURCE, "right")
+    assert region.edit is not None and region.edit.mask == (64, 0, 64, 128)
+    for params in (zoom, pan, region):
+        requests.validate(params.model_copy(update={"source_image": png(128, 128)}), LIMITS)
+    assert zoom.batch_key != requests.variation(LIMITS, prompt="a", negative="", width=128, height=128,
+                                                strength=1.0).batch_key
+
+
+def test_an_upload_is_edited_at_the_models_native_size_in_its_shape() -> None:
+    zoom = requests.zoom_out(LIMITS, requests.EditSource.of_upload(LIMITS, 512, 200, 100), "2x")
+    assert (zoom.width, zoom.height) == (704, 384)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: requests.pan(RequestLimits(max_size=128), EDIT_SOURCE, "left"), "largest side allowed (128 pixels)"),
+    (lambda: requests.pan(LIMITS, EDIT_SOURCE, "sideways"), "pan left, right, up, down"),
+    (lambda: requests.zoom_out(LIMITS, EDIT_SOURCE, "3x"), "zoom out by 2x, 1.5x"),
+    (lambda: requests.inpaint_region(LIMITS, EDIT_SOURCE, "120,0,10,10"), "reaches past the picture"),
+    (lambda: requests.inpaint_region(LIMITS, EDIT_SOURCE, "0,0,0,0"), "has no area"),
+])
+def test_bad_edits_are_refused_with_a_reason(build: object, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        build()  # type: ignore[operator]
+
+
+def test_validate_refuses_an_edit_whose_boxes_leave_the_canvas() -> None:
+    params = requests.inpaint_region(LIMITS, EDIT_SOURCE, "center")
+    with pytest.raises(InvalidRequest, match="reaches past the 64x64 picture"):
+        requests.validate(params.model_copy(update={"width": 64, "height": 64}), LIMITS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from generation.jobs.cost import DEFAULT_SECONDS_PER_UNIT, SecondsPerUnit, work_units
+from generation.requests import EditSource, RequestLimits, pan, zoom_out
 from sdbot.types import PipelineKind
 from tests.fakes.params import text2img
 
@@ -34,3 +35,8 @@ def test_the_first_measurement_replaces_the_prior_then_averages() -> None:
     assert rate.value == pytest.approx(3.0)
     rate.observe(seconds=1.0, units=0.0)  # nothing measured: ignored
     assert rate.value == pytest.approx(3.0)
+
+
+def test_a_pan_costs_its_bigger_canvas() -> None:
+    limits, base = RequestLimits(), EditSource(width=512, height=512, steps=4)
+    assert work_units(pan(limits, base, "right")) == 1.5 * work_units(zoom_out(limits, base, "2x")) == 1.5 * 4 * 4
