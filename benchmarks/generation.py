@@ -56,7 +56,6 @@ if __name__ == "__main__" and not __package__:
     # module would shadow the `generation` package; put the repository root there instead.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-
 from generation import requests
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import VERSIONS, DiffusionEngine
