@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # Models
     model_id: str = "stabilityai/sd-turbo"
     model_revision: str | None = None
+    # Several models and LoRAs (README: "Several models"); None: models.toml here if present.
+    models_file: Path | None = None
+    # Memory the resident models may take, in GB; None: the GPU's total (on a CPU, half the RAM).
+    gpu_memory_gb: float | None = Field(None, gt=0)
     safety_model_id: str = "CompVis/stable-diffusion-safety-checker"
     safety_checker: bool = True
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
@@ -107,6 +111,14 @@ class Settings(BaseSettings):
         if self.styles_file is not None:
             return self.styles_file
         default = Path("styles.csv")
+        return default if default.is_file() else None
+
+    @property
+    def models_path(self) -> Path | None:
+        """SDBOT_MODELS_FILE, else `models.toml` in the working folder (beside .env) when there is one."""
+        if self.models_file is not None:
+            return self.models_file
+        default = Path("models.toml")
         return default if default.is_file() else None
 
     @model_validator(mode="after")

@@ -66,15 +66,20 @@ class GenerationParams(BaseModel):
     # the styles applied. `prompt` and `negative_prompt` are what runs, styles included.
     typed_prompt: str | None = None
     styles: tuple[str, ...] = ()
+    # The catalogue model (its name in the models file); None: the only model, SDBOT_MODEL_ID.
+    model: str | None = None
+    # LoRAs by catalogue name, with their weights, in the order given.
+    loras: tuple[tuple[str, float], ...] = ()
 
     @property
     def image_count(self) -> int:
         return len(self.seeds)
 
     @property
-    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool]:
+    def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile)
+        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile,
+                self.model, self.loras)
 
 
 class GenerationRecord(BaseModel):
@@ -164,6 +169,8 @@ class JobRow(BaseModel):
     tile: bool = False
     typed_prompt: str | None = None
     styles: list[str] = Field(default_factory=list)
+    model: str | None = None  # the catalogue name (None: the only model)
+    loras: list[tuple[str, float]] = Field(default_factory=list)
     status: JobStatus
     status_reason: str | None
     created_at: float

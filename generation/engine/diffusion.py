@@ -35,6 +35,8 @@ from generation.engine.devices import (
     is_out_of_memory,
     resolve_device,
 )
+from generation.engine.loras import Adapters
+from generation.engine.model_pool import ModelPool, memory_budget, weights_bytes
 from generation.engine.pipelines import (
     LoadedPipeline,
     check_folders,
@@ -96,6 +98,15 @@ class _Job:
 
 
 @dataclass
+class _Resident:
+    """A loaded catalogue model: its pipelines (sharing modules) and the LoRAs loaded on them."""
+
+    text2img: LoadedPipeline
+    img2img: LoadedPipeline
+    adapters: Adapters = field(default_factory=Adapters)
+
+
+@dataclass
 class _Produced:
     """What one pipeline call made for a whole batch: one image per seed, jobs in order."""
 
@@ -117,8 +128,15 @@ class DiffusionEngine:
         self.config = config
         self._device = resolve_device(config.device)
         self._dtype = dtype_for(self._device)
+        # The pipelines of the model in use (`_active`), one of the pool's resident models.
         self._text2img: LoadedPipeline | None = None
         self._img2img: LoadedPipeline | None = None
+        self._active: str | None = None
+        self._resident: _Resident | None = None
+        self._pool: ModelPool[_Resident] = ModelPool(
+            memory_budget(self._device, config.gpu_memory_gb), self._load_model,
+            lambda resident: weights_bytes(resident.text2img.pipe), lambda: free_memory(self._device),
+        )
         self._upscaler: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
         self._lock = threading.RLock()  # pipelines keep scheduler state: one batch at a time
@@ -142,16 +160,40 @@ class DiffusionEngine:
                 "loading %s on %s%s", self.model_id, self.device,
                 f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
             )
-            text2img = load_text2img(self.config, self._device, self._dtype)
-            self._img2img = img2img_from(text2img)
+            self._use(self.config.models.default)
             if self.config.safety_checker:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
             else:
                 log.warning("SDBOT_SAFETY_CHECKER is off: generated images are not checked for NSFW content")
-            self._text2img = text2img
+            assert self._text2img is not None
             log.info(
-                "loaded %s (revision %s) on %s as %s", self.model_id, text2img.revision, self.device, self.dtype
+                "loaded %s (revision %s) on %s as %s", self.model_id, self._text2img.revision, self.device, self.dtype
             )
+
+    def _use(self, name: str) -> None:
+        """Make the catalogue model `name` the one in use, loading it (and unloading the least
+        recently used past the memory budget) if need be; a switch is logged with its time."""
+        if name == self._active:
+            return
+        started = time.perf_counter()
+        resident, unloaded = self._pool.get(name)
+        previous, self._active, self._resident = self._active, name, resident
+        self._text2img, self._img2img = resident.text2img, resident.img2img
+        if previous is not None:
+            log.info(
+                "model switch: %s -> %s in %.2f s%s", previous, name, time.perf_counter() - started,
+                f" (unloaded {', '.join(unloaded)})" if unloaded else "",
+            )
+
+    def _load_model(self, name: str) -> _Resident:
+        entry = self.config.models.entry(name)
+        text2img = load_text2img(self.config, self._device, self._dtype, entry.model_id, entry.revision)
+        return _Resident(text2img, img2img_from(text2img))
+
+    @property
+    def resident_models(self) -> list[str]:
+        """The catalogue models loaded now, least recently used first."""
+        return self._pool.resident
 
     @property
     def model_id(self) -> str:
@@ -229,6 +271,9 @@ class DiffusionEngine:
             raise InvalidRequest("jobs in one batch must share pipeline, size, steps, guidance and strength")
         with self._lock:
             self.load_models()
+            if jobs[0].params.pipeline is not PipelineKind.UPSCALE:  # the upscaler is its own model
+                self._use(self.config.models.entry(jobs[0].params.model).name)
+                self._set_loras(jobs[0].params)
             for job in jobs:
                 self._add_input_warnings(job)
             if should_stop():
@@ -245,6 +290,16 @@ class DiffusionEngine:
         for output in outputs:
             output.elapsed_s = (finished - started) / len(batch)
         return outputs
+
+    def _set_loras(self, params: GenerationParams) -> None:
+        resident = self._resident
+        assert resident is not None
+        catalogue = self.config.models
+        try:
+            entries = [(catalogue.loras[name], weight) for name, weight in params.loras]
+        except KeyError as error:
+            raise InvalidRequest(f"there is no LoRA called {error} in the models file any more") from None
+        resident.adapters.apply(resident.text2img.pipe, entries)
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -338,10 +393,8 @@ class DiffusionEngine:
                 raise _Stop
             return {}
 
-        prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
         per_image = {
-            "prompt_embeds": prompt_embeds,
-            "negative_prompt_embeds": negative_embeds,
+            **self._prompts(pipe, jobs),
             "generator": _generators(jobs),
             **shape_args,
         }
@@ -362,6 +415,18 @@ class DiffusionEngine:
             set_seamless(pipe, False)
         extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
+
+    def _prompts(self, pipe: Any, jobs: Sequence[_Job]) -> dict[str, Any]:
+        """The prompt arguments of a pipeline call: weighted embeddings for one-CLIP pipelines (SD
+        1.x/2.x); for pipelines with more text encoders (SDXL, SD3, Flux) the texts as they are,
+        which the pipeline encodes itself (pooled embeddings and micro-conditioning included)."""
+        if getattr(pipe, "text_encoder_2", None) is None:
+            prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
+            return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+        texts = {"prompt": _per_image(jobs, lambda job: job.params.prompt)}
+        if jobs[0].params.guidance > 1.0:
+            texts["negative_prompt"] = _per_image(jobs, lambda job: job.params.negative_prompt)
+        return texts
 
     def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A1111 weights and long prompts, one embedding per image; negatives only where the
@@ -456,6 +521,15 @@ class DiffusionEngine:
             extra["source_sha256"] = hashlib.sha256(params.source_image).hexdigest()[:16]
         if params.styles:
             extra["styles"] = list(params.styles)
+        if params.model is not None:
+            extra["model"] = params.model
+        if params.loras and self._resident is not None:
+            loaded = self._resident.adapters.loaded
+            extra["loras"] = [
+                {"name": name, "weight": weight, "source": self.config.models.loras[name].source,
+                 "revision": loaded.get(name, "?")}
+                for name, weight in params.loras
+            ]
         if params.typed_prompt is not None and params.typed_prompt != params.prompt:
             extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(

@@ -1,9 +1,11 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
-`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes three folders that the production loading code reads exactly like hub
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes folders that the production loading code reads exactly like hub
 downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, and a x2 latent upscaler pipeline. The "tiny" shape runs a 64x64 image in a
+`CLIPImageProcessor`, a x2 latent upscaler pipeline, and for the model catalogue a tiny SDXL
+pipeline (two text encoders, micro-conditioning), a LoRA for the SD pipeline's UNet in diffusers'
+format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -13,6 +15,8 @@ one token per character (a real CLIP tokenizer needs roughly one per word).
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +27,10 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from diffusers.utils import convert_state_dict_to_diffusers
 from diffusers.pipelines.stable_diffusion.safety_checker import (
     StableDiffusionSafetyChecker,
 )
@@ -33,6 +39,7 @@ from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -132,6 +139,9 @@ class TinyModelPaths:
     pipeline: Path
     safety_checker: Path
     upscaler: Path
+    sdxl: Path  # a tiny SDXL pipeline, for the model catalogue
+    lora: Path  # a LoRA (.safetensors) for `pipeline`
+    models_file: Path  # a catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), LoRA tiny-ink
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -155,13 +165,63 @@ def make_tiny_models(
         pipeline=directory / "pipeline",
         safety_checker=directory / "safety-checker",
         upscaler=directory / "upscaler",
+        sdxl=directory / "pipeline-sdxl",
+        lora=directory / "lora" / "tiny-ink.safetensors",
+        models_file=directory / "models.toml",
     )
     torch.manual_seed(0)
-    _text2img_pipeline(shape).save_pretrained(paths.pipeline)
+    text2img = _text2img_pipeline(shape)
+    text2img.save_pretrained(paths.pipeline)
     make_safety_checker(paths.safety_checker, shape=shape, flag_everything=flag_everything)
-    # The upscaler is not benchmarked, so every shape gets the tiny one.
+    # The upscaler, SDXL pipeline and LoRA are not benchmarked, so every shape gets the tiny ones.
     _latent_upscaler().save_pretrained(paths.upscaler)
+    _sdxl_pipeline().save_pretrained(paths.sdxl)
+    make_lora(text2img.unet, paths.lora)
+    paths.models_file.write_text(_MODELS_TOML.format(
+        # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
+        sd=json.dumps(str(paths.pipeline)), sdxl=json.dumps(str(paths.sdxl)), lora=json.dumps(str(paths.lora))
+    ), "utf-8")
     return paths
+
+
+_MODELS_TOML = """\
+# The tiny random-weight models of `sdbot make-test-model` as a catalogue (SDBOT_MODELS_FILE).
+default = "tiny"
+
+[models.tiny]
+model_id = {sd}
+description = "tiny SD test model"
+steps = 2
+size = 64
+
+[models.tiny-xl]
+model_id = {sdxl}
+description = "tiny SDXL test model"
+steps = 2
+size = 64
+
+[loras.tiny-ink]
+source = {lora}
+family = "sd"
+weight = 1.0
+description = "tiny test LoRA"
+"""
+
+
+def make_lora(unet: UNet2DConditionModel, path: Path, rank: int = 4) -> Path:
+    """Write a LoRA for `unet`'s attention projections in diffusers' format, with random weights in
+    both factors (peft's default leaves one at zero, which would change nothing). `unet` is unchanged."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(1)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path
 
 
 def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False) -> Path:
@@ -219,6 +279,40 @@ def _text2img_pipeline(shape: ModelShape) -> StableDiffusionPipeline:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _sdxl_pipeline() -> StableDiffusionXLPipeline:
+    # SDXL's layout scaled down (as in diffusers' own tests): two CLIP encoders whose hidden states
+    # are concatenated (32 + 32), the second's pooled projection (32) plus six 8-wide time ids as
+    # the added conditioning (6 * 8 + 32 = 80). Native size 64 px, like the SD test model.
+    text = _text_config("tiny")
+    text.projection_dim = 32
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **_SHAPES["tiny"]["vae"]),
+        text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer=byte_tokenizer(),
+        tokenizer_2=byte_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
     )
 
 
