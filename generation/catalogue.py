@@ -158,10 +158,16 @@ def load_catalogue(path: str | Path) -> Catalogue:
             f"{path}, line {_line_of(text, 'default')}: default = {default!r} is not one of the models "
             f"({', '.join(models)})"
         )
-    for lora in loras.values():
-        if Path(lora.source).suffix == ".safetensors" and not Path(lora.source).expanduser().is_absolute():
-            # A relative file is relative to the models file, wherever the bot starts.
-            loras[lora.name] = lora.model_copy(update={"source": str(path.parent / lora.source)})
+    for lora in list(loras.values()):
+        if Path(lora.source).suffix != ".safetensors":
+            continue  # a hub id
+        file = Path(lora.source).expanduser()
+        if not file.is_absolute():  # relative to the models file, wherever the bot starts
+            file = path.parent / file
+            loras[lora.name] = lora.model_copy(update={"source": str(file)})
+        if not file.is_file():
+            raise CatalogueError(f"{path}, line {_line_of(text, f'loras.{lora.name}')}: [loras.{lora.name}]: "
+                                 f"there is no file {file}")
     return Catalogue(models=models, loras=loras, default=default)
 
 

@@ -122,7 +122,8 @@ def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype
 def check_folders(config: EngineConfig) -> None:
     """Refuse, in a moment and before anything loads, a configured model folder that is not there
     (the upscaler too, though it loads only at the first /upscale)."""
-    _refuse_missing_folder(config.model_id, "model_id")
+    for entry in config.models.models.values():
+        _refuse_missing_folder(entry.model_id, "model_id")
     if config.safety_checker:
         _refuse_missing_folder(config.safety_model_id, "safety_model_id")
     if not config.plain_upscale:

@@ -139,9 +139,22 @@ class TinyModelPaths:
     pipeline: Path
     safety_checker: Path
     upscaler: Path
-    sdxl: Path  # a tiny SDXL pipeline, for the model catalogue
-    lora: Path  # a LoRA (.safetensors) for `pipeline`
-    models_file: Path  # a catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), LoRA tiny-ink
+
+    # Beside them, for the model catalogue:
+    @property
+    def sdxl(self) -> Path:
+        """A tiny SDXL pipeline."""
+        return self.pipeline.parent / "pipeline-sdxl"
+
+    @property
+    def lora(self) -> Path:
+        """A LoRA (.safetensors) for `pipeline`."""
+        return self.pipeline.parent / "lora" / "tiny-ink.safetensors"
+
+    @property
+    def models_file(self) -> Path:
+        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl) and the LoRA tiny-ink."""
+        return self.pipeline.parent / "models.toml"
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -165,9 +178,6 @@ def make_tiny_models(
         pipeline=directory / "pipeline",
         safety_checker=directory / "safety-checker",
         upscaler=directory / "upscaler",
-        sdxl=directory / "pipeline-sdxl",
-        lora=directory / "lora" / "tiny-ink.safetensors",
-        models_file=directory / "models.toml",
     )
     torch.manual_seed(0)
     text2img = _text2img_pipeline(shape)
