@@ -202,8 +202,8 @@ def _entries(path: Path, text: str, data: dict[str, object], table: str, kind: t
 def _line_of(text: str, key: str) -> int:
     """The line of a table header `[models.name]` (or a `key =` line); 1 when not found."""
     *parents, last = key.split(".")
-    header = re.compile(rf"^\s*\[{re.escape('.'.join([*parents, last]))}\]", re.MULTILINE)
-    assignment = re.compile(rf"^\s*{re.escape(last)}\s*=", re.MULTILINE)
+    header = re.compile(rf"^[ \t]*\[{re.escape('.'.join([*parents, last]))}\]", re.MULTILINE)
+    assignment = re.compile(rf"^[ \t]*{re.escape(last)}[ \t]*=", re.MULTILINE)
     found = header.search(text) or (assignment.search(text) if not parents else None)
     return text.count("\n", 0, found.start()) + 1 if found else 1
 
