@@ -290,7 +290,8 @@ def pick_loras(catalogue: Catalogue, model: ModelEntry, typed: str | None) -> tu
                 f"the weight of LoRA {lora.name} must be between {MIN_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} (got {weight_text.strip()})"
             )
         if model.family != lora.family:
-            family = f"an {model.family.upper()}" if model.family else "a model of unknown family"
+            family = (f"{'a' if model.family == 'flux' else 'an'} {model.family.upper()} model" if model.family
+                      else "a model of unknown family (set `family` in the models file)")
             raise InvalidRequest(
                 f"LoRA {lora.name} is made for {lora.family.upper()} models; {model.name} is {family}"
             )

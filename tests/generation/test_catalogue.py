@@ -76,7 +76,7 @@ def test_models_and_loras_are_picked_by_name_with_weights(tiny_models: TinyModel
     [
         ("nope", None, "there is no model called “nope”"),
         ("tiny", "nope", "there is no LoRA called “nope”"),
-        ("tiny-xl", "tiny-ink", "LoRA tiny-ink is made for SD models; tiny-xl is an SDXL"),
+        ("tiny-xl", "tiny-ink", "LoRA tiny-ink is made for SD models; tiny-xl is an SDXL model"),
         ("tiny", "tiny-ink:heavy", "the weight after `:` must be a number"),
         ("tiny", "tiny-ink:5", "must be between -2 and 2"),
         ("tiny", "a, b, c, d", "at most 3 LoRAs"),
