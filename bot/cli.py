@@ -302,6 +302,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_MODEL_ID={paths.pipeline}")
     print(f"SDBOT_SAFETY_MODEL_ID={paths.safety_checker}")
     print(f"SDBOT_UPSCALER_MODEL_ID={paths.upscaler}")
+    print(f"# several models (a tiny SD and a tiny SDXL) and a LoRA: SDBOT_MODELS_FILE={paths.models_file}")
     return 0
 
 
