@@ -108,18 +108,12 @@ class Settings(BaseSettings):
     @property
     def styles_path(self) -> Path | None:
         """SDBOT_STYLES_FILE, else `styles.csv` in the working folder when there is one."""
-        if self.styles_file is not None:
-            return self.styles_file
-        default = Path("styles.csv")
-        return default if default.is_file() else None
+        return _given_or_present(self.styles_file, Path("styles.csv"))
 
     @property
     def models_path(self) -> Path | None:
         """SDBOT_MODELS_FILE, else `models.toml` in the working folder (beside .env) when there is one."""
-        if self.models_file is not None:
-            return self.models_file
-        default = Path("models.toml")
-        return default if default.is_file() else None
+        return _given_or_present(self.models_file, Path("models.toml"))
 
     @model_validator(mode="after")
     def _old_compile_name(self) -> Settings:
@@ -132,6 +126,13 @@ class Settings(BaseSettings):
         if self.min_size > self.max_size:
             raise ValueError("SDBOT_MIN_SIZE must not exceed SDBOT_MAX_SIZE")
         return self
+
+
+def _given_or_present(given: Path | None, default: Path) -> Path | None:
+    """A file setting: the path given, else `default` when that file exists."""
+    if given is not None:
+        return given
+    return default if default.is_file() else None
 
 
 class SettingsError(Exception):

@@ -30,10 +30,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import convert_state_dict_to_diffusers
 from diffusers.pipelines.stable_diffusion.safety_checker import (
     StableDiffusionSafetyChecker,
 )
+from diffusers.utils import convert_state_dict_to_diffusers
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,

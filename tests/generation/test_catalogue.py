@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from generation import requests
-from generation.catalogue import Catalogue, CatalogueError, catalogue_for, load_catalogue
+from generation.catalogue import (
+    Catalogue,
+    CatalogueError,
+    catalogue_for,
+    load_catalogue,
+)
 from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import InvalidRequest
 from generation.requests import RequestLimits
