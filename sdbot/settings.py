@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     model_revision: str | None = None
     # Several models and LoRAs (README: "Several models"); None: models.toml here if present.
     models_file: Path | None = None
-    # Memory the resident models may take, in GB; None: the GPU's total (on a CPU, half the RAM).
+    # Memory the resident models may take, in GB; None: 80% of the GPU's (on a CPU, half the RAM).
     gpu_memory_gb: float | None = Field(None, gt=0)
     safety_model_id: str = "CompVis/stable-diffusion-safety-checker"
     safety_checker: bool = True

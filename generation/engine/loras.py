@@ -53,6 +53,10 @@ class Adapters:
 
     def _load(self, pipe: Any, lora: LoraEntry) -> None:
         started = time.perf_counter()
+        if getattr(pipe, "fusing_unet", False) or getattr(pipe, "fusing_vae", False):
+            # LoRAs on to_q/to_k/to_v would be bypassed by the fused to_qkv projection.
+            pipe.unfuse_qkv_projections()
+            log.info("QKV projections unfused so LoRAs apply to them")
         options = {"weight_name": lora.weight_name} if lora.weight_name else {}
         try:
             pipe.load_lora_weights(str(Path(lora.source).expanduser()) if Path(lora.source).expanduser().is_file()
