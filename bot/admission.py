@@ -60,7 +60,7 @@ class ModelInfo:
     # The models file's catalogue; None: model_id is the only model.
     catalogue: Catalogue | None = None
 
-    @property
+    @functools.cached_property
     def models(self) -> Catalogue:
         return self.catalogue or single_model(self.model_id)
 

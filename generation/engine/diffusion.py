@@ -131,6 +131,7 @@ class DiffusionEngine:
         # The pipelines of the model in use (`_active`), one of the pool's resident models.
         self._text2img: LoadedPipeline | None = None
         self._img2img: LoadedPipeline | None = None
+        self._catalogue = config.models
         self._active: str | None = None
         self._resident: _Resident | None = None
         self._pool: ModelPool[_Resident] = ModelPool(
@@ -160,7 +161,7 @@ class DiffusionEngine:
                 "loading %s on %s%s", self.model_id, self.device,
                 f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
             )
-            self._use(self.config.models.default)
+            self._use(self._catalogue.default)
             if self.config.safety_checker:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
             else:
@@ -186,7 +187,7 @@ class DiffusionEngine:
             )
 
     def _load_model(self, name: str) -> _Resident:
-        entry = self.config.models.entry(name)
+        entry = self._catalogue.entry(name)
         text2img = load_text2img(self.config, self._device, self._dtype, entry.model_id, entry.revision)
         return _Resident(text2img, img2img_from(text2img))
 
@@ -272,7 +273,7 @@ class DiffusionEngine:
         with self._lock:
             self.load_models()
             if jobs[0].params.pipeline is not PipelineKind.UPSCALE:  # the upscaler is its own model
-                self._use(self.config.models.entry(jobs[0].params.model).name)
+                self._use(self._catalogue.entry(jobs[0].params.model).name)
                 self._set_loras(jobs[0].params)
             for job in jobs:
                 self._add_input_warnings(job)
@@ -294,7 +295,7 @@ class DiffusionEngine:
     def _set_loras(self, params: GenerationParams) -> None:
         resident = self._resident
         assert resident is not None
-        catalogue = self.config.models
+        catalogue = self._catalogue
         try:
             entries = [(catalogue.loras[name], weight) for name, weight in params.loras]
         except KeyError as error:
@@ -526,7 +527,7 @@ class DiffusionEngine:
         if params.loras and self._resident is not None:
             loaded = self._resident.adapters.loaded
             extra["loras"] = [
-                {"name": name, "weight": weight, "source": self.config.models.loras[name].source,
+                {"name": name, "weight": weight, "source": self._catalogue.loras[name].source,
                  "revision": loaded.get(name, "?")}
                 for name, weight in params.loras
             ]
