@@ -128,6 +128,11 @@ async def test_a_lora_changes_the_pixels_is_recorded_and_reroll_reproduces_it(ha
     assert np.abs(pixels(styled) - pixels(rerolled)).max() <= 2
     assert fields(rerolled)["LoRA"] == "tiny-ink:0.8"
 
+    # The V button keeps the source job's model and LoRAs too.
+    click = await fake.click(fake.member, styled, styled.button(label="V1")["custom_id"])
+    varied = await click.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert (fields(varied)["Model"], fields(varied)["LoRA"]) == ("tiny", "tiny-ink:0.8")
+
 
 async def test_unknown_models_and_loras_of_another_family_are_refused_with_nothing_charged(
     harness: BotHarness,
