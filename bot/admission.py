@@ -178,7 +178,9 @@ class Admission:
         try:
             return self.model.models.entry(name)
         except KeyError:
-            raise UserError(f"The model “{name}” is no longer offered here; `/imagine model:` lists the models.") from None
+            raise UserError(
+                f"The model “{name}” is no longer offered here; `/imagine model:` lists the models."
+            ) from None
 
     def limits_for(self, model: str | None) -> RequestLimits:
         return self.limits.for_model(self.entry(model), named=self.model.models.named)

@@ -280,14 +280,19 @@ def pick_loras(catalogue: Catalogue, model: ModelEntry, typed: str | None) -> tu
         name, _, weight_text = item.partition(":")
         lora = catalogue.lookup_lora(name)
         if lora is None:
-            raise InvalidRequest(f"there is no LoRA called “{name.strip()}”; start typing in `lora` to see the list")
+            raise InvalidRequest(
+                f"there is no LoRA called “{name.strip()}”; start typing in `lora` to see the list"
+            )
         try:
             weight = float(weight_text) if weight_text.strip() else lora.weight
         except ValueError:
-            raise InvalidRequest(f"“{item}”: the weight after `:` must be a number, like `{lora.name}:0.8`") from None
+            raise InvalidRequest(
+                f"“{item}”: the weight after `:` must be a number, like `{lora.name}:0.8`"
+            ) from None
         if not (math.isfinite(weight) and MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT):
             raise InvalidRequest(
-                f"the weight of LoRA {lora.name} must be between {MIN_LORA_WEIGHT:g} and {MAX_LORA_WEIGHT:g} (got {weight_text.strip()})"
+                f"the weight of LoRA {lora.name} must be between {MIN_LORA_WEIGHT:g} and "
+                f"{MAX_LORA_WEIGHT:g} (got {weight_text.strip()})"
             )
         if model.family != lora.family:
             family = (f"{'a' if model.family == 'flux' else 'an'} {model.family.upper()} model" if model.family

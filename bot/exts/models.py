@@ -21,7 +21,9 @@ class Models(commands.GroupCog, group_name="model", group_description="The serve
     @app_commands.command(description="The model /imagine uses here when a member names none")
     @app_commands.describe(name="A model from the list; empty: back to the models file's default")
     @app_commands.checks.has_permissions(manage_guild=True)
-    async def default(self, interaction: discord.Interaction, name: app_commands.Range[str, 0, 100] | None = None) -> None:
+    async def default(
+        self, interaction: discord.Interaction, name: app_commands.Range[str, 0, 100] | None = None
+    ) -> None:
         assert interaction.guild_id is not None
         catalogue = self.bot.admission.model.models
         if not catalogue.named:

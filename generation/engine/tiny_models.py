@@ -1,7 +1,7 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
-`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes folders that the production loading code reads exactly like hub
-downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes folders that the production loading
+code reads exactly like hub downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
 `CLIPImageProcessor`, a x2 latent upscaler pipeline, and for the model catalogue a tiny SDXL
 pipeline (two text encoders, micro-conditioning), a LoRA for the SD pipeline's UNet in diffusers'
