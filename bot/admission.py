@@ -23,6 +23,7 @@ from bot.errors import UserError
 from bot.permissions import is_moderator
 from bot.views import Action, EditModal
 from generation import requests
+from generation.catalogue import NATIVE_SIZE, Catalogue, ModelEntry, match, single_model
 from generation.engine.prompt_embeds import PromptReading
 from generation.jobs.image_files import read_if_present
 from generation.jobs.scheduler import JobScheduler
@@ -64,6 +65,21 @@ class ModelInfo:
     # How the model reads a prompt (chunks, token count), for the token cap before a job is queued;
     # None when the model lives elsewhere (Ray workers): the engine refuses an over-long prompt then.
     read_prompt: Callable[[str], PromptReading] | None = None
+    # The models file's catalogue; None: model_id is the only model.
+    catalogue: Catalogue | None = None
+
+    @functools.cached_property
+    def models(self) -> Catalogue:
+        return self.catalogue or single_model(self.model_id)
+
+    def native_size_of(self, entry: ModelEntry) -> int:
+        """The side a model makes by default: its catalogue `size`, else the measured one for the
+        default model, else its family's."""
+        if entry.size is not None:
+            return entry.size
+        if entry.name == self.models.default:
+            return self.native_size
+        return NATIVE_SIZE.get(entry.family or "sd", self.native_size)
 
     @property
     def count_tokens(self) -> Callable[[str], int] | None:
@@ -126,8 +142,11 @@ class Admission:
         source_image = await read_if_present(source_path)
         # A missing source file is regenerated from its seed by the worker, which checks it then.
         for params in batch:
+            if missing := [name for name, _ in params.loras if name not in self.model.models.loras]:
+                raise UserError(f"The LoRA “{missing[0]}” is no longer offered here.")
             requests.validate(
-                params.model_copy(update={"source_image": source_image}), self.limits, self.model.count_tokens
+                params.model_copy(update={"source_image": source_image}), self.limits_for(params.model),
+                self.model.count_tokens,
             )
         spoilers_allowed = await self._store.nsfw_spoilers_allowed(interaction.guild_id)
         update = {
@@ -141,7 +160,7 @@ class Admission:
                 channel_id=interaction.channel_id or 0,
                 user_id=interaction.user.id,
                 params=params.model_copy(update=update),
-                model_id=self.model.model_id,
+                model_id=self.model.models.entry(params.model).model_id,
                 source_job_id=source.job_id if source else None,
                 source_index=source.idx if source else None,
                 source_path=str(source_path) if source_path else None,
@@ -159,6 +178,47 @@ class Admission:
                 raise QuotaExceeded(quota.limit, quota.used, images, quota.resets_at)
             queues = [functools.partial(self._scheduler.submit, new_job) for new_job in new_jobs]
             return await self._delivery.accept(interaction, queues, notes)
+
+    # Models
+
+    def entry(self, name: str | None) -> ModelEntry:
+        """A job's catalogue model (None: the default); refused when the models file dropped it."""
+        try:
+            return self.model.models.entry(name)
+        except KeyError:
+            raise UserError(
+                f"The model “{name}” is no longer offered here; `/imagine model:` lists the models."
+            ) from None
+
+    def limits_for(self, model: str | None) -> RequestLimits:
+        return self.limits.for_model(self.entry(model), named=self.model.models.named)
+
+    async def pick_model(self, interaction: discord.Interaction, typed: str | None) -> ModelEntry:
+        """The model named in `typed`, else this server's default, else the catalogue's."""
+        catalogue = self.model.models
+        chosen = await self._store.default_model(interaction.guild_id or 0) if catalogue.named else None
+        return requests.pick_model(catalogue, typed, chosen)
+
+    def model_choices(self, typed: str) -> list[tuple[str, str]]:
+        """Autocomplete for `model:`: (label, name), the label with the model's description."""
+        models = self.model.models.models if self.model.models.named else {}
+        return [(_label(name, models[name].description), name) for name in match(models, typed)]
+
+    def lora_choices(self, typed: str, model: str | None) -> list[tuple[str, str]]:
+        """Autocomplete for `lora:` (label, value): the LoRAs already typed, then each LoRA of the
+        chosen model's family matching what follows the last comma."""
+        *chosen, current = [item.strip() for item in typed.split(",")]
+        chosen = [item for item in chosen if item]
+        if len(chosen) >= requests.MAX_LORAS:
+            return []
+        entry = self.model.models.lookup(model or "") or self.model.models.entry(None)
+        loras = {name: lora for name, lora in self.model.models.loras.items() if lora.family == entry.family}
+        taken = {item.partition(":")[0].strip().casefold() for item in chosen}
+        return [
+            (_label(", ".join([*chosen, name]), loras[name].description), ", ".join([*chosen, name]))
+            for name in match(loras, current.partition(":")[0])
+            if name.casefold() not in taken
+        ]
 
     # Finding what a request is about
 
@@ -214,11 +274,16 @@ class Admission:
         guidance: float | None = None,
         aspect: str | None = None,
         style: str | None = None,
+        model: str | None = None,
+        lora: str | None = None,
     ) -> None:
+        entry = await self.pick_model(interaction, model)
         imagined = requests.imagine(
-            self.limits, prompt=prompt, native_size=self.model.native_size, negative=negative, seed=seed,
+            self.limits_for(entry.name), prompt=prompt,
+            native_size=self.model.native_size_of(entry), negative=negative, seed=seed,
             count=count, steps=steps, guidance=guidance, aspect=aspect,
             styles=requests.pick_styles(self.styles, style),
+            loras=requests.pick_loras(self.model.models, entry, lora),
         )
         await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes)
 
@@ -257,15 +322,17 @@ class Admission:
     ) -> JobRow | None:
         if isinstance(source, Source):
             params = requests.variation_of(
-                self.limits, source.job, source.image, prompt=prompt, strength=strength, count=count
+                self.limits_for(source.job.model), source.job, source.image, prompt=prompt, strength=strength,
+                count=count,
             )
             return _first(
                 await self.submit(interaction, JobKind.VARIATION, [params], source=source.image, source_path=source.path)
             )
         assert prompt, "/variations asks for the prompt of an upload before downloading it"
+        entry = await self.pick_model(interaction, None)
         params = requests.variation_of_upload(
-            self.limits, self.model.native_size, source.width, source.height,
-            prompt=prompt, strength=strength, count=count,
+            self.limits_for(entry.name), self.model.native_size_of(entry),
+            source.width, source.height, prompt=prompt, strength=strength, count=count,
         )
         return _first(await self.submit(interaction, JobKind.VARIATION, [params], source_path=source.path))
 
@@ -443,6 +510,12 @@ class Admission:
         if job is None:
             raise UserError("Your first press of this button just now was not queued; wait a moment and try again.")
         raise UserError(f"Already queued as #{job.id}.")
+
+
+def _label(name: str, description: str) -> str:
+    """An autocomplete label: the name and, if room is left of Discord's 100 characters, the description."""
+    label = f"{name} — {description}" if description else name
+    return label if len(label) <= 100 else name[:100]
 
 
 def _first(jobs: Sequence[JobRow]) -> JobRow | None:

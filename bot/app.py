@@ -17,6 +17,7 @@ import discord
 from bot.admission import ModelInfo
 from bot.client import SDBot
 from bot.ops_server import OpsServerError
+from generation.catalogue import catalogue_for
 from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
@@ -50,9 +51,15 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
         except ModuleNotFoundError as error:
             raise GenerationError(f'SDBOT_WORKERS=ray needs Ray ({error}): pip install -e ".[ray]"') from None
         ray_runners = start_ray_runners(settings)
-        return list(ray_runners), ModelInfo(settings.model_id, ray_runners[0].info.native_size)
+        catalogue = catalogue_for(settings)
+        return list(ray_runners), ModelInfo(
+            catalogue.entry(None).model_id, ray_runners[0].info.native_size,
+            catalogue=catalogue if catalogue.named else None,
+        )
     assert engine is not None, "local workers need a loaded engine"
-    return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size, engine.prompt_reader())
+    return [LocalRunner(engine)], ModelInfo(
+        engine.model_id, engine.native_size, engine.prompt_reader(), catalogue=engine.config.catalogue
+    )
 
 
 def run_bot(settings: Settings) -> int:
@@ -82,6 +89,7 @@ async def _serve(settings: Settings) -> None:
     # The database first: a wrong path is found in a second, not after minutes of model loading.
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     try:
+        catalogue_for(settings)  # a models file that does not parse stops start-up here, naming its line
         if settings.workers == "local":
             check_folders(EngineConfig.from_settings(settings))
         assert settings.discord_token is not None

@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--width", type=int, help="width in pixels (default: the model's native size)")
     imagine.add_argument("--height", type=int, help="height in pixels (default: the model's native size)")
     imagine.add_argument("--count", type=int, default=1, help="number of images per job (default 1, at most SDBOT_MAX_COUNT)")
-    imagine.add_argument("--model", help="model id or folder (default: SDBOT_MODEL_ID)")
+    imagine.add_argument(
+        "--model", help="model id or folder (default: SDBOT_MODEL_ID), or with a models file one of its names"
+    )
     imagine.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
 
     edit = commands.add_parser(
@@ -204,19 +206,24 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _imagine(settings: Settings, args: argparse.Namespace) -> int:
+    from generation.catalogue import catalogue_for
     from generation.engine.config import EngineConfig
     from generation.engine.diffusion import DiffusionEngine
 
-    if args.model:
-        settings = settings.model_copy(update={"model_id": args.model})
-    limits = RequestLimits.from_settings(settings)
-
     def work() -> list[tuple[Path, int]]:
+        engine_settings, limits = settings, RequestLimits.from_settings(settings)
+        catalogue = catalogue_for(settings)
+        size: int | None = None
+        if catalogue.named:  # --model names one of the file's models; without it, the default runs
+            entry = requests.pick_model(catalogue, args.model)
+            limits, size = limits.for_model(entry), entry.size
+        elif args.model:
+            engine_settings = settings.model_copy(update={"model_id": args.model})
         # Every argument is checked before the model loads (seconds to minutes); again after, with
         # the model's native size and its token count.
         _imagine_batches(args, limits, limits.min_size)
-        engine = DiffusionEngine.load(EngineConfig.from_settings(settings))
-        batches, notes = _imagine_batches(args, limits, engine.native_size, engine.token_counter())
+        engine = DiffusionEngine.load(EngineConfig.from_settings(engine_settings))
+        batches, notes = _imagine_batches(args, limits, size or engine.native_size, engine.token_counter())
         for note in notes:
             log.warning("%s", note)
         return imagine_to_files(engine, batches, args.out)
@@ -414,6 +421,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_PREVIEW_DECODER_ID={paths.preview_decoder}")
     print(f"SDBOT_DESCRIBE_MODEL_ID={paths.describer}")
     print(f"# optional, a dedicated inpainting checkpoint for edits: SDBOT_INPAINT_MODEL_ID={paths.inpaint}")
+    print(f"# several models (a tiny SD and a tiny SDXL) and a LoRA: SDBOT_MODELS_FILE={paths.models_file}")
     return 0
 
 

@@ -37,6 +37,7 @@ EXTENSIONS = (
     "bot.exts.queue",
     "bot.exts.quota",
     "bot.exts.safety",
+    "bot.exts.models",
     "bot.exts.buttons",
     "bot.exts.describe",
     "bot.exts.edit",

@@ -87,15 +87,16 @@ class JobObserver:
         batch = output.batch_size if output is not None else None
         if batch is not None:
             metrics.batch_size.observe(batch)
+        model = job.model or job.model_id  # the catalogue name when there is a models file
         fields = {
             "job_id": job.id, "user_id": job.user_id, "guild_id": job.guild_id, "kind": job.kind.value,
             "status": job.status.value, "images": len(images), "wait_s": _rounded(wait), "run_s": _rounded(run),
-            "batch_size": batch, "model": job.model_id, "reason": job.status_reason,
+            "batch_size": batch, "model": model, "reason": job.status_reason,
         }
         log.info(
             "job %s %s: user=%s kind=%s images=%d wait=%s run=%s batch=%s model=%s%s",
             job.id, job.status.value, job.user_id, job.kind.value, len(images), _seconds(wait), _seconds(run),
-            batch if batch is not None else "-", job.model_id,
+            batch if batch is not None else "-", model,
             f" reason={job.status_reason!r}" if job.status_reason else "",
             extra={FIELDS: fields},
         )

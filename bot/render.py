@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import discord
 
+from generation.requests import lora_text
 from sdbot.types import Edit, EditOp, ImageRow, JobKind, JobRow, JobStatus
 
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
@@ -105,7 +106,9 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
         embed.add_field(name="Strength", value=f"{job.strength:g}")
     if job.source_job_id is not None:
         embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
-    embed.add_field(name="Model", value=clip(job.model_id, 1024))
+    embed.add_field(name="Model", value=clip(job.model or job.model_id, 1024))
+    if job.loras:
+        embed.add_field(name="LoRA", value=clip(lora_text(job.loras), 1024))
     if job.started_at and job.finished_at:
         embed.add_field(name="Time", value=f"{job.finished_at - job.started_at:.1f} s")
     for flagged, reason in ((True, "was flagged by the safety checker"), (False, "could not be read from disk")):
@@ -151,7 +154,14 @@ def record_embed(job: JobRow, images: list[ImageRow], chunks: list[int] | None =
     )
     record = images[0].record if images else {}
     model = f"{job.model_id} @ {job.model_revision or record.get('model_revision', '?')}"
+    if job.model is not None:
+        model = f"{job.model} ({model})"
     embed.add_field(name="Model", value=clip(model, 1024), inline=False)
+    if job.loras:
+        revisions = {lora["name"]: lora.get("revision", "?") for lora in record.get("extra", {}).get("loras", [])}
+        loras = ", ".join(f"{name}:{weight:g}" + (f" @ {revisions[name]}" if name in revisions else "")
+                          for name, weight in job.loras)
+        embed.add_field(name="LoRA", value=clip(loras, 1024), inline=False)
     if record:
         embed.add_field(name="Scheduler", value=str(record.get("scheduler", "?")))
         embed.add_field(name="Device", value=f"{record.get('device', '?')} · {record.get('dtype', '?')}")

@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from generation import edit_geometry
+from generation.catalogue import Catalogue, ModelEntry
 from generation.edit_geometry import Direction, GeometryError
 from generation.errors import InvalidRequest
 from generation.png_info import MadeWith
@@ -50,6 +51,8 @@ EDIT_STRENGTH = 1.0
 SIZE_MULTIPLE = 64
 RANDOM_SEED = -1  # the seed that asks for a random one, as in AUTOMATIC1111
 MAX_STYLES = 3
+MAX_LORAS = 3
+MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = -2.0, 2.0
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 DESCRIBE_SUGGESTIONS = 4  # as Midjourney's /describe
 _SPACES = re.compile(r"\s+")
@@ -75,10 +78,19 @@ class RequestLimits(BaseModel):
     default_guidance: float = 0.0
     vary_subtle_strength: float = 0.35
     vary_strong_strength: float = 0.75
+    # Set by `for_model`: the catalogue model these limits are for, and the multiple its sides need.
+    model: str | None = None
+    size_step: int = 8
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLimits:
         return cls(**settings.model_dump(include=set(cls.model_fields)))
+
+    def for_model(self, entry: ModelEntry, named: bool = True) -> RequestLimits:
+        """These limits with a catalogue model's own defaults and limits where it sets them."""
+        own = {"default_steps": entry.steps, "default_guidance": entry.guidance, "max_steps": entry.max_steps,
+               "max_size": entry.max_size, "model": entry.name if named else None, "size_step": entry.size_step}
+        return self.model_copy(update={key: value for key, value in own.items() if value is not None})
 
 
 def normalise_text(text: str) -> str:
@@ -176,6 +188,7 @@ def imagine(
     aspect: str | None = None,
     size: tuple[int, int] | None = None,
     styles: Sequence[Style] = (),
+    loras: tuple[tuple[str, float], ...] = (),
 ) -> Imagined:
     """Text-to-image jobs for a prompt in the prompt language. Options given explicitly (`aspect`,
     `size`, `seed`, `steps`) win over the same flags typed in the prompt, and a note says so.
@@ -226,6 +239,8 @@ def imagine(
                 tile=inline.tile,
                 typed_prompt=typed,
                 styles=tuple(style.name for style in styles),
+                model=limits.model,
+                loras=loras,
             ))
     return Imagined(jobs=tuple(jobs), notes=notes)
 
@@ -248,6 +263,65 @@ def pick_styles(catalogue: Mapping[str, Style], typed: str | None) -> tuple[Styl
     return tuple(picked)
 
 
+def pick_model(catalogue: Catalogue, typed: str | None, server_default: str | None = None) -> ModelEntry:
+    """The model named in `typed` (any case), else the server's default, else the catalogue's."""
+    name = (typed or "").strip()
+    if name and not catalogue.named:
+        raise InvalidRequest("this bot serves one model; there is no model list (SDBOT_MODELS_FILE)")
+    if not name:
+        return catalogue.lookup(server_default or "") or catalogue.entry(None)
+    entry = catalogue.lookup(name)
+    if entry is None:
+        raise InvalidRequest(f"there is no model called “{name}”; start typing in `model` to see the list")
+    return entry
+
+
+def pick_loras(catalogue: Catalogue, model: ModelEntry, typed: str | None) -> tuple[tuple[str, float], ...]:
+    """The LoRAs in `typed`: `name` or `name:weight`, comma-separated, at most MAX_LORAS, each of
+    the model's family (a name alone takes the LoRA's default weight)."""
+    items = [item.strip() for item in (typed or "").split(",") if item.strip()]
+    if not items:
+        return ()
+    if not catalogue.loras:
+        raise InvalidRequest("this bot has no LoRAs set up (see SDBOT_MODELS_FILE)")
+    if len(items) > MAX_LORAS:
+        raise InvalidRequest(f"at most {MAX_LORAS} LoRAs at once (got {len(items)})")
+    picked: list[tuple[str, float]] = []
+    for item in items:
+        name, _, weight_text = item.partition(":")
+        lora = catalogue.lookup_lora(name)
+        if lora is None:
+            raise InvalidRequest(
+                f"there is no LoRA called “{name.strip()}”; start typing in `lora` to see the list"
+            )
+        try:
+            weight = float(weight_text) if weight_text.strip() else lora.weight
+        except ValueError:
+            raise InvalidRequest(
+                f"“{item}”: the weight after `:` must be a number, like `{lora.name}:0.8`"
+            ) from None
+        if not (math.isfinite(weight) and MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT):
+            raise InvalidRequest(
+                f"the weight of LoRA {lora.name} must be between {MIN_LORA_WEIGHT:g} and "
+                f"{MAX_LORA_WEIGHT:g} (got {weight_text.strip()})"
+            )
+        if model.family != lora.family:
+            family = (f"{'a' if model.family == 'flux' else 'an'} {model.family.upper()} model" if model.family
+                      else "a model of unknown family (set `family` in the models file)")
+            raise InvalidRequest(
+                f"LoRA {lora.name} is made for {lora.family.upper()} models; {model.name} is {family}"
+            )
+        if any(lora.name == earlier for earlier, _ in picked):
+            raise InvalidRequest(f"LoRA {lora.name} is named twice")
+        picked.append((lora.name, weight))
+    return tuple(picked)
+
+
+def lora_text(loras: Sequence[tuple[str, float]]) -> str:
+    """`pixel:0.8, ink:1`: how LoRAs are written in the `lora` option, the reply and the record."""
+    return ", ".join(f"{name}:{weight:g}" for name, weight in loras)
+
+
 def variation(
     limits: RequestLimits,
     *,
@@ -259,9 +333,12 @@ def variation(
     guidance: float | None = None,
     strength: float | None = None,
     count: int | None = None,
+    loras: tuple[tuple[str, float], ...] = (),
 ) -> GenerationParams:
     return GenerationParams(
         pipeline=PipelineKind.IMG2IMG,
+        model=limits.model,
+        loras=loras,
         prompt=normalise_text(prompt),
         negative_prompt=normalise_text(negative),
         seeds=seeds(count or limits.max_count),
@@ -282,9 +359,10 @@ def variation_of(
     strength: float | None = None,
     count: int | None = None,
 ) -> GenerationParams:
-    """Variations of a posted image: its job's prompt, steps and guidance unless changed."""
+    """Variations of a posted image: its job's model, LoRAs, prompt, steps and guidance unless changed."""
     return variation(
-        limits,
+        limits.model_copy(update={"model": job.model}),
+        loras=tuple(job.loras),
         prompt=job.prompt if prompt is None else prompt,
         negative=job.negative_prompt,
         width=image.width,
@@ -311,7 +389,7 @@ def vary(limits: RequestLimits, job: JobRow, image: ImageRow, *, strong: bool, p
     """Vary (Subtle) or Vary (Strong) of a posted image: a variation at the configured strength."""
     base = EditSource.of_image(job, image, prompt)
     return variation(
-        limits, prompt=base.prompt, negative=base.negative, width=image.width, height=image.height,
+        limits.model_copy(update={"model": job.model}), loras=base.loras, prompt=base.prompt, negative=base.negative, width=image.width, height=image.height,
         steps=base.steps, guidance=base.guidance,
         strength=limits.vary_strong_strength if strong else limits.vary_subtle_strength,
     )
@@ -329,6 +407,9 @@ class EditSource(BaseModel):
     negative: str = ""
     steps: int | None = None
     guidance: float | None = None
+    # A posted image's catalogue model and LoRAs, kept by its edits (None: the default model).
+    model: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def of_image(cls, job: JobRow, image: ImageRow, prompt: str | None = None) -> EditSource:
@@ -336,7 +417,7 @@ class EditSource(BaseModel):
         diffused = job.pipeline is not PipelineKind.UPSCALE
         return cls(width=image.width, height=image.height, prompt=job.prompt if prompt is None else prompt,
                    negative=job.negative_prompt, steps=job.steps if diffused else None,
-                   guidance=job.guidance if diffused else None)
+                   guidance=job.guidance if diffused else None, model=job.model, loras=tuple(job.loras))
 
     @classmethod
     def of_upload(cls, limits: RequestLimits, native_size: int, width: int, height: int, prompt: str = ""
@@ -397,6 +478,8 @@ def _edit(
         height=height,
         strength=EDIT_STRENGTH,
         edit=_geometry(make),
+        model=source.model,
+        loras=source.loras,
     )
 
 
@@ -494,13 +577,17 @@ def validate(
     """Raise InvalidRequest (or BlockedPrompt) with a message fit for the member; runs nothing.
     `count_tokens` (the model's tokenizer, see DiffusionEngine.token_counter) enables the token
     cap; without it the engine refuses an over-long prompt when the job runs."""
-    if params.width % 8 or params.height % 8:
-        raise InvalidRequest(f"width and height must be multiples of 8 (got {params.width}x{params.height})")
+    which = f" for model {limits.model}" if limits.model else ""
+    step = limits.size_step
+    if params.width % step or params.height % step:
+        raise InvalidRequest(
+            f"width and height must be multiples of {step}{which} (got {params.width}x{params.height})"
+        )
     if not (
         limits.min_size <= params.width <= limits.max_size and limits.min_size <= params.height <= limits.max_size
     ):
         raise InvalidRequest(
-            f"width and height must be between {limits.min_size} and {limits.max_size} pixels "
+            f"width and height must be between {limits.min_size} and {limits.max_size} pixels{which} "
             f"(got {params.width}x{params.height})"
         )
     if not 1 <= params.steps <= limits.max_steps:

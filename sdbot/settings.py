@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # Models
     model_id: str = "stabilityai/sd-turbo"
     model_revision: str | None = None
+    # Several models and LoRAs (README: "Several models"); None: models.toml here if present.
+    models_file: Path | None = None
+    # Memory the resident models may take, in GB; None: 80% of the GPU's (on a CPU, half the RAM).
+    gpu_memory_gb: float | None = Field(None, gt=0)
     safety_model_id: str = "CompVis/stable-diffusion-safety-checker"
     safety_checker: bool = True
     upscaler_model_id: str = "stabilityai/sd-x2-latent-upscaler"
@@ -114,10 +118,12 @@ class Settings(BaseSettings):
     @property
     def styles_path(self) -> Path | None:
         """SDBOT_STYLES_FILE, else `styles.csv` in the working folder when there is one."""
-        if self.styles_file is not None:
-            return self.styles_file
-        default = Path("styles.csv")
-        return default if default.is_file() else None
+        return _given_or_present(self.styles_file, Path("styles.csv"))
+
+    @property
+    def models_path(self) -> Path | None:
+        """SDBOT_MODELS_FILE, else `models.toml` in the working folder (beside .env) when there is one."""
+        return _given_or_present(self.models_file, Path("models.toml"))
 
     @model_validator(mode="after")
     def _old_compile_name(self) -> Settings:
@@ -130,6 +136,13 @@ class Settings(BaseSettings):
         if self.min_size > self.max_size:
             raise ValueError("SDBOT_MIN_SIZE must not exceed SDBOT_MAX_SIZE")
         return self
+
+
+def _given_or_present(given: Path | None, default: Path) -> Path | None:
+    """A file setting: the path given, else `default` when that file exists."""
+    if given is not None:
+        return given
+    return default if default.is_file() else None
 
 
 class SettingsError(Exception):

@@ -154,8 +154,8 @@ class Store:
                 """INSERT INTO jobs (kind, pipeline, guild_id, channel_id, user_id, prompt,
                        negative_prompt, seeds, steps, guidance, width, height, strength, model_id,
                        source_job_id, source_index, source_path, return_flagged, created_at,
-                       application_id, interaction_token, tile, typed_prompt, styles, edit)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       application_id, interaction_token, tile, typed_prompt, styles, edit, model_name, loras)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    RETURNING *""",
                 (
                     job.kind, params.pipeline, job.guild_id, job.channel_id, job.user_id,
@@ -165,6 +165,7 @@ class Store:
                     params.return_flagged, now, job.application_id, job.interaction_token,
                     params.tile, params.typed_prompt, json.dumps(list(params.styles)),
                     params.edit.model_dump_json() if params.edit else None,
+                    params.model, json.dumps([list(lora) for lora in params.loras]),
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
@@ -476,6 +477,22 @@ class Store:
             )
             await self._audit(db, guild_id, moderator_id, "nsfw.spoilers", None, {"allowed": allowed})
 
+    # Guild default model
+
+    async def default_model(self, guild_id: int) -> str | None:
+        """The catalogue model a server's moderators chose for /imagine; None: the catalogue's."""
+        row = await self._fetchone("SELECT default_model FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return row["default_model"] if row else None
+
+    async def set_default_model(self, guild_id: int, moderator_id: int, model: str | None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                """INSERT INTO guild_settings (guild_id, default_model) VALUES (?, ?)
+                   ON CONFLICT (guild_id) DO UPDATE SET default_model = excluded.default_model""",
+                (guild_id, model),
+            )
+            await self._audit(db, guild_id, moderator_id, "model.default", None, {"model": model})
+
     # Audit log
 
     # Member preferences
@@ -557,4 +574,6 @@ def _job(row: aiosqlite.Row) -> JobRow:
     values["tile"] = bool(values["tile"])
     values["styles"] = json.loads(values["styles"])
     values["edit"] = Edit.model_validate_json(values["edit"]) if values["edit"] else None
+    values["model"] = values.pop("model_name")
+    values["loras"] = [tuple(lora) for lora in json.loads(values["loras"])]
     return JobRow(**values)

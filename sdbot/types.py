@@ -101,6 +101,10 @@ class GenerationParams(BaseModel):
     styles: tuple[str, ...] = ()
     # Inpainting edits (zoom out, pan, vary region): run by the inpainting pipeline.
     edit: Edit | None = None
+    # The catalogue model (its name in the models file); None: the only model, SDBOT_MODEL_ID.
+    model: str | None = None
+    # LoRAs by catalogue name, with their weights, in the order given.
+    loras: tuple[tuple[str, float], ...] = ()
 
     @property
     def image_count(self) -> int:
@@ -112,12 +116,10 @@ class GenerationParams(BaseModel):
         return 0 if self.pipeline is PipelineKind.CAPTION else self.image_count
 
     @property
-    def batch_key(self) -> tuple[PipelineKind, int, int, int, float, float | None, bool, bool]:
+    def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (
-            self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile,
-            self.edit is not None,
-        )
+        return (self.pipeline, self.width, self.height, self.steps, self.guidance, self.strength, self.tile,
+                self.edit is not None, self.model, self.loras)
 
 
 class GenerationRecord(BaseModel):
@@ -210,6 +212,8 @@ class JobRow(BaseModel):
     typed_prompt: str | None = None
     styles: list[str] = Field(default_factory=list)
     edit: Edit | None = None
+    model: str | None = None  # the catalogue name (None: the only model)
+    loras: list[tuple[str, float]] = Field(default_factory=list)
     status: JobStatus
     status_reason: str | None
     created_at: float

@@ -28,6 +28,8 @@ class Imagine(commands.Cog):
         guidance="How closely to follow the prompt (CFG scale; 0 for turbo models)",
         aspect="Shape of the images (or type --ar 16:9 in the prompt)",
         style="Up to 3 styles from the server's list, separated by commas",
+        model="Which model draws it (the server's default if empty)",
+        lora="Up to 3 LoRAs, name or name:weight, separated by commas (pixel:0.8, ink)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -41,10 +43,12 @@ class Imagine(commands.Cog):
         guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
         aspect: str | None = None,
         style: app_commands.Range[str, 0, 300] | None = None,
+        model: app_commands.Range[str, 0, 100] | None = None,
+        lora: app_commands.Range[str, 0, 300] | None = None,
     ) -> None:
         await self.bot.admission.imagine(
             interaction, prompt=prompt, negative=negative, seed=seed, count=count, steps=steps,
-            guidance=guidance, aspect=aspect, style=style,
+            guidance=guidance, aspect=aspect, style=style, model=model, lora=lora,
         )
 
     @imagine.autocomplete("style")
@@ -54,6 +58,23 @@ class Imagine(commands.Cog):
             app_commands.Choice(name=choice, value=choice)
             for choice in self.bot.admission.style_choices(current)
             if len(choice) <= 100
+        ]
+
+
+    @imagine.autocomplete("model")
+    async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=label, value=name)
+            for label, name in self.bot.admission.model_choices(current)
+        ]
+
+    @imagine.autocomplete("lora")
+    async def _lora_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        model = getattr(interaction.namespace, "model", None)
+        return [
+            app_commands.Choice(name=label, value=value)
+            for label, value in self.bot.admission.lora_choices(current, model)
+            if len(value) <= 100
         ]
 
 

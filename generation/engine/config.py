@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from generation.catalogue import Catalogue, catalogue_for, single_model
 from sdbot.settings import Settings
 
 
@@ -31,10 +32,24 @@ class EngineConfig(BaseModel):
     preview_interval_s: float = 1.5
     # Not a setting: tests trace with "eager" (dynamo's guards, no C++ build) to check recompiles.
     compile_backend: str = "inductor"
+    # The models file's catalogue (None: only model_id); model_id is then its default model.
+    catalogue: Catalogue | None = None
+    gpu_memory_gb: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
-        return cls(**settings.model_dump(include=set(cls.model_fields)))
+        """Raises CatalogueError for a models file that cannot be used."""
+        values = settings.model_dump(include=set(cls.model_fields))
+        catalogue = catalogue_for(settings)
+        if catalogue.named:
+            default = catalogue.entry(None)
+            values |= {"catalogue": catalogue, "model_id": default.model_id, "model_revision": default.revision}
+        return cls(**values)
+
+    @property
+    def models(self) -> Catalogue:
+        """The catalogue the engine serves: the models file's, or model_id alone."""
+        return self.catalogue or single_model(self.model_id, self.model_revision)
 
     @property
     def plain_upscale(self) -> bool:

@@ -37,6 +37,8 @@ from generation.engine.devices import (
     resolve_device,
 )
 from generation.engine.inpaint import Prepared, prepare
+from generation.engine.loras import Adapters
+from generation.engine.model_pool import ModelPool, memory_budget, weights_bytes
 from generation.engine.pipelines import (
     LoadedPipeline,
     check_folders,
@@ -104,6 +106,16 @@ class _Job:
 
 
 @dataclass
+class _Resident:
+    """A loaded catalogue model: its pipelines (sharing modules) and the LoRAs loaded on them."""
+
+    text2img: LoadedPipeline
+    img2img: LoadedPipeline
+    adapters: Adapters = field(default_factory=Adapters)
+    inpainter: LoadedPipeline | None = None  # made from text2img's modules at the model's first edit
+
+
+@dataclass
 class _Produced:
     """What one pipeline call made for a whole batch: one image per seed, jobs in order."""
 
@@ -125,8 +137,16 @@ class DiffusionEngine:
         self.config = config
         self._device = resolve_device(config.device)
         self._dtype = dtype_for(self._device)
+        # The pipelines of the model in use (`_active`), one of the pool's resident models.
         self._text2img: LoadedPipeline | None = None
         self._img2img: LoadedPipeline | None = None
+        self._catalogue = config.models
+        self._active: str | None = None
+        self._resident: _Resident | None = None
+        self._pool: ModelPool[_Resident] = ModelPool(
+            memory_budget(self._device, config.gpu_memory_gb), self._load_model,
+            lambda resident: weights_bytes(resident.text2img.pipe), lambda: free_memory(self._device),
+        )
         self._upscaler: LoadedPipeline | None = None
         self._inpainter: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
@@ -153,19 +173,43 @@ class DiffusionEngine:
                 "loading %s on %s%s", self.model_id, self.device,
                 f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
             )
-            text2img = load_text2img(self.config, self._device, self._dtype)
-            self._img2img = img2img_from(text2img)
+            self._use(self._catalogue.default)
             if self.config.safety_checker:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
             else:
                 log.warning("SDBOT_SAFETY_CHECKER is off: generated images are not checked for NSFW content")
-            decoder = load_preview_decoder(self.config, text2img.pipe, self._device, self._dtype)
+            assert self._text2img is not None
+            decoder = load_preview_decoder(self.config, self._text2img.pipe, self._device, self._dtype)
             if decoder is not None:
                 self._previews = PreviewMaker(decoder, self._safety, self.config.preview_interval_s)
-            self._text2img = text2img
             log.info(
-                "loaded %s (revision %s) on %s as %s", self.model_id, text2img.revision, self.device, self.dtype
+                "loaded %s (revision %s) on %s as %s", self.model_id, self._text2img.revision, self.device, self.dtype
             )
+
+    def _use(self, name: str) -> None:
+        """Make the catalogue model `name` the one in use, loading it (and unloading the least
+        recently used past the memory budget) if need be; a switch is logged with its time."""
+        if name == self._active:
+            return
+        started = time.perf_counter()
+        resident, unloaded = self._pool.get(name)
+        previous, self._active, self._resident = self._active, name, resident
+        self._text2img, self._img2img = resident.text2img, resident.img2img
+        if previous is not None:
+            log.info(
+                "model switch: %s -> %s in %.2f s%s", previous, name, time.perf_counter() - started,
+                f" (unloaded {', '.join(unloaded)})" if unloaded else "",
+            )
+
+    def _load_model(self, name: str) -> _Resident:
+        entry = self._catalogue.entry(name)
+        text2img = load_text2img(self.config, self._device, self._dtype, entry.model_id, entry.revision)
+        return _Resident(text2img, img2img_from(text2img))
+
+    @property
+    def resident_models(self) -> list[str]:
+        """The catalogue models loaded now, least recently used first."""
+        return self._pool.resident
 
     @property
     def model_id(self) -> str:
@@ -260,6 +304,9 @@ class DiffusionEngine:
             raise InvalidRequest("jobs in one batch must share pipeline, size, steps, guidance and strength")
         with self._lock:
             self.load_models()
+            if jobs[0].params.pipeline is not PipelineKind.UPSCALE:  # the upscaler is its own model
+                self._use(self._catalogue.entry(jobs[0].params.model).name)
+                self._set_loras(jobs[0].params)
             for job in jobs:
                 self._add_input_warnings(job)
             if should_stop():
@@ -309,6 +356,16 @@ class DiffusionEngine:
         for output in outputs:
             output.elapsed_s = elapsed / len(batch)
         return outputs
+
+    def _set_loras(self, params: GenerationParams) -> None:
+        resident = self._resident
+        assert resident is not None
+        catalogue = self._catalogue
+        try:
+            entries = [(catalogue.loras[name], weight) for name, weight in params.loras]
+        except KeyError as error:
+            raise InvalidRequest(f"there is no LoRA called {error} in the models file any more") from None
+        resident.adapters.apply(resident.text2img.pipe, entries)
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -434,10 +491,8 @@ class DiffusionEngine:
                 raise _Stop
             return {}
 
-        prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
         per_image = {
-            "prompt_embeds": prompt_embeds,
-            "negative_prompt_embeds": negative_embeds,
+            **self._prompts(pipe, jobs),
             "generator": _generators(jobs),
             **shape_args,
         }
@@ -460,6 +515,18 @@ class DiffusionEngine:
             images = [item.finish(image) for item, image in zip(edits, images, strict=True)]
         extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
+
+    def _prompts(self, pipe: Any, jobs: Sequence[_Job]) -> dict[str, Any]:
+        """The prompt arguments of a pipeline call: weighted embeddings for one-CLIP pipelines (SD
+        1.x/2.x); for pipelines with more text encoders (SDXL, SD3, Flux) the texts as they are,
+        which the pipeline encodes itself (pooled embeddings and micro-conditioning included)."""
+        if getattr(pipe, "text_encoder_2", None) is None:
+            prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
+            return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+        texts = {"prompt": _per_image(jobs, lambda job: job.params.prompt)}
+        if jobs[0].params.guidance > 1.0:
+            texts["negative_prompt"] = _per_image(jobs, lambda job: job.params.negative_prompt)
+        return texts
 
     def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A1111 weights and long prompts, one embedding per image; negatives only where the
@@ -556,6 +623,15 @@ class DiffusionEngine:
             extra["styles"] = list(params.styles)
         if params.edit is not None:
             extra["edit"] = params.edit.model_dump(mode="json", exclude={"mask_image"})
+        if params.model is not None:
+            extra["model"] = params.model
+        if params.loras and self._resident is not None:
+            loaded = self._resident.adapters.loaded
+            extra["loras"] = [
+                {"name": name, "weight": weight, "source": self._catalogue.loras[name].source,
+                 "revision": loaded.get(name, "?")}
+                for name, weight in params.loras
+            ]
         if params.typed_prompt is not None and params.typed_prompt != params.prompt:
             extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(
@@ -585,13 +661,18 @@ class DiffusionEngine:
         return self._text2img
 
     def _loaded_inpainter(self) -> LoadedPipeline:
-        """The dedicated inpainting checkpoint, loaded at the first edit, or the main model's modules."""
-        if self._inpainter is None:
-            if self.config.inpaint_model_id:
+        """The dedicated inpainting checkpoint, loaded at the first edit, or the modules of the model
+        in use (so its LoRAs apply to edits too)."""
+        if self.config.inpaint_model_id:
+            if self._inpainter is None:
                 self._inpainter = load_inpainter(self.config, self._device, self._dtype)
-            else:
-                self._inpainter = inpaint_from(self._loaded_text2img())
-        return self._inpainter
+            return self._inpainter
+        self.load_models()
+        resident = self._resident
+        assert resident is not None
+        if resident.inpainter is None:
+            resident.inpainter = inpaint_from(resident.text2img)
+        return resident.inpainter
 
     def _loaded_upscaler(self) -> LoadedPipeline:
         if self._upscaler is None:

@@ -73,21 +73,28 @@ class LoadedPipeline:
     fast_path: FastPath = FastPath(compiled=False, applied=())
 
 
-def load_text2img(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
-    """The main model, with diffusers' own safety checker left out (ours runs batched, separately)."""
+def load_text2img(
+    config: EngineConfig, device: torch.device, dtype: torch.dtype,
+    model_id: str | None = None, model_revision: str | None = None,
+) -> LoadedPipeline:
+    """A text-to-image model (the main one, or `model_id` of the catalogue), through diffusers'
+    AutoPipeline so every family it knows (SD, SDXL, SD3, Flux) loads the same way, with diffusers'
+    own safety checker left out (ours runs batched, separately)."""
     setting = "model_id"
-    folder, revision = _resolve_pipeline_folder(config.model_id, config.model_revision, setting)
+    if model_id is None:
+        model_id, model_revision = config.model_id, config.model_revision
+    folder, revision = _resolve_pipeline_folder(model_id, model_revision, setting)
     pipe = _attempt(
         lambda: AutoPipelineForText2Image.from_pretrained(
             folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
         ),
         setting,
-        config.model_id,
+        model_id,
     )
-    _attempt(lambda: pipe.to(device), setting, config.model_id)
+    _attempt(lambda: pipe.to(device), setting, model_id)
     pipe.set_progress_bar_config(disable=True)
-    fast = _attempt(lambda: apply_fast_path(pipe, config, device), setting, config.model_id)
-    return LoadedPipeline(pipe, config.model_id, revision, fast)
+    fast = _attempt(lambda: apply_fast_path(pipe, config, device), setting, model_id)
+    return LoadedPipeline(pipe, model_id, revision, fast)
 
 
 def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
@@ -195,7 +202,8 @@ def load_preview_decoder(
 def check_folders(config: EngineConfig) -> None:
     """Refuse, in a moment and before anything loads, a configured model folder that is not there
     (the upscaler too, though it loads only at the first /upscale)."""
-    _refuse_missing_folder(config.model_id, "model_id")
+    for entry in config.models.models.values():
+        _refuse_missing_folder(entry.model_id, "model_id")
     if config.safety_checker:
         _refuse_missing_folder(config.safety_model_id, "safety_model_id")
     if not config.plain_upscale:

@@ -66,9 +66,11 @@ def format_parameters(record: GenerationRecord) -> str:
         "CFG scale": record.guidance,
         "Seed": record.seed,
         "Size": f"{record.width}x{record.height}",
-        "Model": record.model_id,
+        "Model": record.extra.get("model", record.model_id),  # the catalogue name, as A1111 names a checkpoint
         "Model hash": record.model_revision[:10],
     }
+    if loras := record.extra.get("loras"):
+        settings["Lora hashes"] = ", ".join(f"{lora['name']}: {lora['revision'][:12]}" for lora in loras)
     if record.strength is not None:
         settings["Denoising strength"] = record.strength
     if "upscaler" in record.extra:

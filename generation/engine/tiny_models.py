@@ -1,11 +1,12 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
-`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes four folders that the production loading code reads exactly like hub
-downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
+`make_tiny_models(dir)` (behind `sdbot make-test-model`) writes folders that the production loading
+code reads exactly like hub downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
 tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
 `CLIPImageProcessor`, a x2 latent upscaler pipeline, an inpainting pipeline (9-channel UNet), a TAESD
-(`AutoencoderTiny`) for live previews and a Florence-2 captioner for /describe (its captions are
-gibberish). The "tiny" shape runs a 64x64 image in a
+(`AutoencoderTiny`) for live previews, a Florence-2 captioner for /describe (its captions are
+gibberish), and for the model catalogue a tiny SDXL pipeline (two text encoders, micro-conditioning),
+a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
@@ -15,6 +16,8 @@ one token per character (a real CLIP tokenizer needs roughly one per word).
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +30,13 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from diffusers.pipelines.stable_diffusion.safety_checker import (
     StableDiffusionSafetyChecker,
 )
+from diffusers.utils import convert_state_dict_to_diffusers
 from transformers import (
     BartConfig,
     BartTokenizer,
@@ -39,6 +44,7 @@ from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     Florence2Config,
     Florence2ForConditionalGeneration,
@@ -156,6 +162,22 @@ class TinyModelPaths:
     # three folders of an older tree still name a complete set.
     inpaint: Path | None = None
 
+    # Beside them, for the model catalogue:
+    @property
+    def sdxl(self) -> Path:
+        """A tiny SDXL pipeline."""
+        return self.pipeline.parent / "pipeline-sdxl"
+
+    @property
+    def lora(self) -> Path:
+        """A LoRA (.safetensors) for `pipeline`."""
+        return self.pipeline.parent / "lora" / "tiny-ink.safetensors"
+
+    @property
+    def models_file(self) -> Path:
+        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl) and the LoRA tiny-ink."""
+        return self.pipeline.parent / "models.toml"
+
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "model_id": str(self.pipeline),
@@ -185,13 +207,20 @@ def make_tiny_models(
         inpaint=directory / "inpaint",
     )
     torch.manual_seed(0)
-    _text2img_pipeline(shape).save_pretrained(paths.pipeline)
+    text2img = _text2img_pipeline(shape)
+    text2img.save_pretrained(paths.pipeline)
     make_safety_checker(paths.safety_checker, shape=shape, flag_everything=flag_everything)
-    # The upscaler is not benchmarked, so every shape gets the tiny one.
+    # The upscaler, SDXL pipeline and LoRA are not benchmarked, so every shape gets the tiny ones.
     _latent_upscaler().save_pretrained(paths.upscaler)
     AutoencoderTiny(latent_channels=4, **_SHAPES[shape]["taesd"]).save_pretrained(paths.preview_decoder)
     make_describer(paths.describer)
     _inpaint_pipeline().save_pretrained(paths.inpaint)
+    _sdxl_pipeline().save_pretrained(paths.sdxl)
+    make_lora(text2img.unet, paths.lora)
+    paths.models_file.write_text(_MODELS_TOML.format(
+        # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
+        sd=json.dumps(str(paths.pipeline)), sdxl=json.dumps(str(paths.sdxl)), lora=json.dumps(str(paths.lora))
+    ), "utf-8")
     return paths
 
 
@@ -227,6 +256,46 @@ def make_describer(directory: Path) -> Path:
     Florence2ForConditionalGeneration(config).eval().save_pretrained(directory)
     Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return Path(directory)
+
+
+_MODELS_TOML = """\
+# The tiny random-weight models of `sdbot make-test-model` as a catalogue (SDBOT_MODELS_FILE).
+default = "tiny"
+
+[models.tiny]
+model_id = {sd}
+description = "tiny SD test model"
+steps = 2
+size = 64
+
+[models.tiny-xl]
+model_id = {sdxl}
+description = "tiny SDXL test model"
+steps = 2
+size = 64
+
+[loras.tiny-ink]
+source = {lora}
+family = "sd"
+weight = 1.0
+description = "tiny test LoRA"
+"""
+
+
+def make_lora(unet: UNet2DConditionModel, path: Path, rank: int = 4) -> Path:
+    """Write a LoRA for `unet`'s attention projections in diffusers' format, with random weights in
+    both factors (peft's default leaves one at zero, which would change nothing). `unet` is unchanged."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(unet)
+    torch.manual_seed(1)
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    return path
 
 
 def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False) -> Path:
@@ -293,6 +362,40 @@ def _inpaint_pipeline() -> StableDiffusionInpaintPipeline:
     text2img = _text2img_pipeline("tiny")
     unet = UNet2DConditionModel(in_channels=9, out_channels=4, **_SHAPES["tiny"]["unet"])
     return StableDiffusionInpaintPipeline(**{**text2img.components, "unet": unet}, requires_safety_checker=False)
+
+
+def _sdxl_pipeline() -> StableDiffusionXLPipeline:
+    # SDXL's layout scaled down (as in diffusers' own tests): two CLIP encoders whose hidden states
+    # are concatenated (32 + 32), the second's pooled projection (32) plus six 8-wide time ids as
+    # the added conditioning (6 * 8 + 32 = 80). Native size 64 px, like the SD test model.
+    text = _text_config("tiny")
+    text.projection_dim = 32
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **_SHAPES["tiny"]["vae"]),
+        text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer=byte_tokenizer(),
+        tokenizer_2=byte_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+    )
 
 
 def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:

@@ -48,6 +48,7 @@ class QueuedJob(Generic[T]):
     images: int
     batch_key: Hashable  # jobs with equal keys can run in one engine call
     payload: T
+    model: Hashable = None  # the model it runs on (a worker prefers the one it has loaded)
     seq: int = field(default=-1, init=False)  # arrival order, set by the queue
 
 
@@ -104,6 +105,9 @@ class FairQueue(Generic[T]):
         self._idle: list[tuple[float, Flow]] = []
         self._charges: dict[int, _Charge] = {}  # dequeued, not yet finished: job id -> charge
         self._batches: set[_Batch] = set()
+        # The flow last passed over for a head on the loaded model: it is never passed over twice
+        # in a row, so preferring the loaded model delays a job by at most one batch (one switch).
+        self._passed_over: Flow | None = None
 
     # Admission
 
@@ -140,12 +144,33 @@ class FairQueue(Generic[T]):
 
     # Service
 
-    def take_batch(self, max_images: int) -> list[QueuedJob[T]]:
+    def _first_head_on(self, model: Hashable) -> _FlowState[T] | None:
+        """The flow whose head runs on `model` and comes first in fair order (O(batch keys))."""
+        best: tuple[_Entry, _FlowState[T]] | None = None
+        for heap in self._heads_by_key.values():
+            state = self._peek_valid(heap)
+            if state is not None and _head(state).model == model and (best is None or heap[0] < best[0]):
+                best = heap[0], state
+        return best[1] if best else None
+
+    def take_batch(self, max_images: int, prefer: Hashable = None) -> list[QueuedJob[T]]:
         """The next job in fair order plus, in fair order, following flow heads with its batch key,
-        up to `max_images` images in all. Empty when nothing is queued; never waits."""
+        up to `max_images` images in all. Empty when nothing is queued; never waits.
+
+        With `prefer` (the model the worker has loaded), the first head on that model in fair order
+        leads instead of a fair leader on another model, unless that leader's flow was already
+        passed over last time: a model switch is put off by one batch at most."""
         leader_flow = self._pop_valid(self._heads)
         if leader_flow is None:
             return []
+        if prefer is not None and _head(leader_flow).model != prefer and self._passed_over != leader_flow.key:
+            preferred = self._first_head_on(prefer)
+            if preferred is not None:
+                heapq.heappush(self._heads, (leader_flow.head_tag, _head(leader_flow).seq, leader_flow.version,
+                                             leader_flow.key))
+                self._passed_over, leader_flow = leader_flow.key, preferred
+        elif self._passed_over == leader_flow.key:
+            self._passed_over = None
         taken = [self._take(leader_flow)]
         room = max_images - taken[0][0].images
         same_key = self._heads_by_key.get(taken[0][0].batch_key)

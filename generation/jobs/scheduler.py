@@ -14,7 +14,7 @@ from generation.jobs.runners import BatchRunner
 from generation.jobs.worker import JobListener, Listeners, Worker
 from sdbot.settings import Settings
 from sdbot.store import Store
-from sdbot.types import JobRow, JobStatus, NewJob
+from sdbot.types import JobRow, JobStatus, NewJob, PipelineKind
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class JobScheduler:
 
     def _enqueue(self, job: JobRow, *, bypass_limits: bool = False) -> None:
         queued = QueuedJob(
-            job.id, (job.guild_id, job.user_id), work_units(job), job.image_count, batch_key(job), job
+            job.id, (job.guild_id, job.user_id), work_units(job), job.image_count, batch_key(job), job,
+            model=None if job.pipeline is PipelineKind.UPSCALE else (job.model_id, job.model),
         )
         self._queue.submit(queued, bypass_limits=bypass_limits)
         self._wakeup.set()

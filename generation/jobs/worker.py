@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +139,7 @@ class Worker:
         self._abandoned = False  # shutdown gave up on the batch: tell the engine to stop
         self._runner_lost = False  # its runner died under a batch and has not answered since
         self._settled: dict[int, _Result] = {}  # jobs of the running batch whose piece has ended
+        self._model: Hashable = None  # the model of the last batch: its runner has it loaded
 
     @property
     def is_up(self) -> bool:
@@ -189,8 +190,10 @@ class Worker:
 
     async def _next_batch(self) -> list[QueuedJob[JobRow]]:
         while True:
-            batch = self._queue.take_batch(self._settings.max_batch)
+            batch = self._queue.take_batch(self._settings.max_batch, prefer=self._model)
             if batch:
+                if batch[0].model is not None:  # an upscale leaves the loaded model as it was
+                    self._model = batch[0].model
                 # Registered before any await, so a cancel can never miss a job in flight.
                 self._batch = {job.id: job for job in batch}
                 return batch

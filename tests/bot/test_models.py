@@ -1,0 +1,164 @@
+"""The model catalogue and LoRAs end to end: the real bot on the tiny catalogue (`tiny`, SD, the
+default; `tiny-xl`, SDXL; LoRA `tiny-ink` for SD), a memory budget that holds one model at a time,
+and the fake Discord."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generation.engine.diffusion import DiffusionEngine
+from generation.engine.png_metadata import read_record
+from generation.engine.tiny_models import TinyModelPaths
+from tests.fakes.bot import BotHarness, SlowedEngine, bot_settings
+from tests.fakes.fake_discord.client_api import FakeDiscord
+from tests.fakes.fake_discord.state import StoredMessage
+
+ONE_MODEL_GB = 1e-6  # any model is over this budget: loading one unloads the other
+
+
+@pytest.fixture(scope="module")
+def catalogue_engine(tiny_models: TinyModelPaths) -> DiffusionEngine:
+    return DiffusionEngine.load(
+        tiny_models.engine_config(models_file=tiny_models.models_file, gpu_memory_gb=ONE_MODEL_GB)
+    )
+
+
+@pytest.fixture
+async def harness(
+    fake_discord: FakeDiscord, tiny_models: TinyModelPaths, catalogue_engine: DiffusionEngine, tmp_path: Path
+) -> AsyncIterator[BotHarness]:
+    settings = bot_settings(tiny_models, tmp_path, fake_discord, models_file=tiny_models.models_file,
+                            gpu_memory_gb=ONE_MODEL_GB, max_batch=1)
+    running = BotHarness(fake_discord, settings, catalogue_engine)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+def job_id(result: StoredMessage) -> int:
+    return int(result.attachments[0].filename.split("-")[1])
+
+
+def pixels(message: StoredMessage) -> np.ndarray:
+    return np.asarray(message.attachments[0].image(), dtype=np.int16)
+
+
+def fields(message: StoredMessage) -> dict[str, str]:
+    return {field["name"]: field["value"] for field in message.embeds[0]["fields"]}
+
+
+async def imagine(harness: BotHarness, **options: object) -> StoredMessage:
+    handle = await harness.fake.slash(harness.fake.member, "imagine", prompt="a lighthouse", count=1, **options)
+    return await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
+
+
+async def test_model_and_lora_autocomplete_answer_from_the_catalogue(harness: BotHarness) -> None:
+    fake = harness.fake
+    models = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="XL")
+    assert [(c["name"], c["value"]) for c in models] == [("tiny-xl — tiny SDXL test model", "tiny-xl")]
+    everything = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="")
+    assert [c["value"] for c in everything] == ["tiny", "tiny-xl"]
+    loras = await fake.autocomplete(fake.member, "imagine", "lora", prompt="a fox", lora="in")
+    assert [(c["name"], c["value"]) for c in loras] == [("tiny-ink — tiny test LoRA", "tiny-ink")]
+    # Only LoRAs of the chosen model's family are offered.
+    assert await fake.autocomplete(fake.member, "imagine", "lora", prompt="a fox", model="tiny-xl", lora="") == []
+
+
+async def test_a_job_on_model_b_while_a_is_loaded_switches_logs_and_records_it(
+    harness: BotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await imagine(harness, model="tiny")
+    with caplog.at_level(logging.INFO, logger="generation.engine.diffusion"):
+        result = await imagine(harness, model="tiny-xl", seed=3)
+    switches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model switch")]
+    assert len(switches) == 1 and switches[0].startswith("model switch: tiny -> tiny-xl in ")
+    assert "(unloaded tiny)" in switches[0]
+    assert fields(result)["Model"] == "tiny-xl"
+    record = read_record(result.attachments[0].data)
+    assert record is not None and record.extra["model"] == "tiny-xl"
+    assert record.model_id.endswith("pipeline-sdxl") and record.model_revision
+
+    shown = await harness.fake.slash(harness.fake.member, "job", id=job_id(result))
+    model = fields(await shown.wait_original(timeout=10))["Model"]
+    assert model.startswith("tiny-xl (") and f"@ {record.model_revision}" in model
+
+
+async def test_two_members_on_two_models_are_both_served_fairly(harness: BotHarness) -> None:
+    fake = harness.fake
+    await harness.restart(SlowedEngine(harness.engine, step_s=0.05))  # everything queues before it runs
+    store = harness.store
+    assert store is not None
+    other = fake.add_member("bob")
+    handles = []
+    for _ in range(3):
+        handles.append(await fake.slash(fake.member, "imagine", prompt="a lighthouse", count=1, model="tiny"))
+    for _ in range(3):
+        handles.append(await fake.slash(other, "imagine", prompt="a lighthouse", count=1, model="tiny-xl"))
+    results = [await handle.wait_original(lambda m: bool(m.attachments), timeout=90) for handle in handles]
+    jobs = [await store.get_job(job_id(result)) for result in results]
+    order = sorted((job.finished_at or 0.0, job.user_id) for job in jobs if job is not None)
+    first_half = [user for _, user in order[:3]]
+    # Fair share with one model switch at most put off: bob is not left until alice is done.
+    assert first_half.count(other.id) >= 1 and first_half.count(fake.member.id) >= 1
+    assert {job.model for job in jobs if job is not None} == {"tiny", "tiny-xl"}
+
+
+async def test_a_lora_changes_the_pixels_is_recorded_and_reroll_reproduces_it(harness: BotHarness) -> None:
+    fake = harness.fake
+    plain = await imagine(harness, seed=11)
+    styled = await imagine(harness, seed=11, lora="tiny-ink:0.8")
+    assert np.abs(pixels(plain) - pixels(styled)).max() > 2
+    assert fields(styled)["LoRA"] == "tiny-ink:0.8"
+    record = read_record(styled.attachments[0].data)
+    assert record is not None
+    (lora,) = record.extra["loras"]
+    assert (lora["name"], lora["weight"], len(lora["revision"])) == ("tiny-ink", 0.8, 16)
+
+    shown = await fake.slash(fake.member, "job", id=job_id(styled))
+    assert fields(await shown.wait_original(timeout=10))["LoRA"] == f"tiny-ink:0.8 @ {lora['revision']}"
+
+    await imagine(harness, model="tiny-xl")  # the other model in between: the LoRA job's model unloaded
+    again = await fake.slash(fake.member, "reroll", job=job_id(styled), seed=11)
+    rerolled = await again.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert np.abs(pixels(styled) - pixels(rerolled)).max() <= 2
+    assert fields(rerolled)["LoRA"] == "tiny-ink:0.8"
+
+    # The V button keeps the source job's model and LoRAs too.
+    click = await fake.click(fake.member, styled, styled.button(label="V1")["custom_id"])
+    varied = await click.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert (fields(varied)["Model"], fields(varied)["LoRA"]) == ("tiny", "tiny-ink:0.8")
+
+
+async def test_unknown_models_and_loras_of_another_family_are_refused_with_nothing_charged(
+    harness: BotHarness,
+) -> None:
+    fake, store = harness.fake, harness.store
+    assert store is not None
+    refusals = [
+        ({"model": "nope"}, "There is no model called “nope”"),
+        ({"lora": "nope"}, "There is no LoRA called “nope”"),
+        ({"model": "tiny-xl", "lora": "tiny-ink"}, "LoRA tiny-ink is made for SD models; tiny-xl is an SDXL model"),
+        ({"lora": "tiny-ink:9"}, "must be between -2 and 2"),
+    ]
+    for options, message in refusals:
+        handle = await fake.slash(fake.member, "imagine", prompt="a fox", **options)
+        await handle.wait_original(timeout=10)
+        assert handle.ephemeral and message in handle.content, (options, handle.content)
+    assert await store.recent_jobs(fake.guild.id, fake.member.id) == []
+    assert (await store.quota(fake.guild.id, fake.member.id)).used == 0
+
+
+async def test_moderators_choose_the_servers_default_model(harness: BotHarness) -> None:
+    fake = harness.fake
+    chosen = await fake.slash(fake.moderator, ["model", "default"], name="tiny-xl")
+    await chosen.wait_original(timeout=10)
+    assert chosen.ephemeral and "tiny-xl" in chosen.content
+    assert fields(await imagine(harness))["Model"] == "tiny-xl"
+    reset = await fake.slash(fake.moderator, ["model", "default"])
+    await reset.wait_original(timeout=10)
+    assert fields(await imagine(harness))["Model"] == "tiny"
