@@ -177,6 +177,11 @@ class Delivery:
     # The live queue: every "queued" reply shows its current place, edited when it changes, at most
     # once per SDBOT_QUEUE_UPDATE_INTERVAL_S per message (Discord rate-limits webhook edits).
 
+    @property
+    def waiting(self) -> str | None:
+        """Why the queue does not move yet (no engine serves it), else None."""
+        return self._waiting
+
     def queue_waiting(self, why: str | None) -> None:
         """No engine serves the queue yet (`why` is said instead of an ETA), or None: it does now.
         Every "queued" reply is edited to say so."""

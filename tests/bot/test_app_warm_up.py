@@ -106,7 +106,9 @@ async def test_commands_while_the_model_loads_are_queued_and_run_once_it_is_read
     assert "ready in about" not in queued.content  # no ETA without a measured rate
     job = await store.get_job(1)
     assert job is not None and job.status == JobStatus.QUEUED  # stored before the acknowledgement
-    await asyncio.sleep(0.3)
+    status = await fake_discord.slash(fake_discord.member, "queue")
+    await status.wait_response()
+    assert "next in line, the model is warming up" in status.content and "done in about" not in status.content
     assert not gate.is_set() and (await store.get_job(1)).status == JobStatus.QUEUED  # type: ignore[union-attr]
     gate.set()
     result = await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
