@@ -42,6 +42,7 @@ from generation.engine.pipelines import (
     load_safety_checker,
     load_text2img,
     load_upscaler,
+    pipeline_class,
     to_download,
 )
 from generation.engine.png_metadata import (
@@ -142,6 +143,8 @@ class DiffusionEngine:
                 "loading %s on %s%s", self.model_id, self.device,
                 f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
             )
+            # Now that the model's family can be read (bf16 for Flux on CUDA).
+            self._dtype = dtype_for(self._device, pipeline_class(self.config.model_id, self.config.model_revision))
             text2img = load_text2img(self.config, self._device, self._dtype)
             self._img2img = img2img_from(text2img)
             if self.config.safety_checker:

@@ -134,6 +134,15 @@ def to_download(config: EngineConfig) -> list[str]:
     ]
 
 
+def pipeline_class(model_id: str, revision: str | None = None) -> str | None:
+    """The pipeline class the model's model_index.json names ("StableDiffusionPipeline",
+    "FluxPipeline"...), fetching only that file from the hub if needed; None when it cannot be read."""
+    try:
+        return str(DiffusionPipeline.load_config(model_id, revision=revision)["_class_name"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def native_size_on_disk(model_id: str, revision: str | None = None) -> int | None:
     """The side the model was trained at, read from its UNet and VAE configurations in a folder or
     the local Hugging Face cache without loading weights or downloading; None when they are not here."""
