@@ -224,8 +224,20 @@ class DiffusionEngine:
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
     ) -> list[JobOutput]:
+        return self.generate(batch, on_step, should_stop)()
+
+    def generate(
+        self,
+        batch: Sequence[GenerationParams],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+    ) -> Callable[[], list[JobOutput]]:
+        """The device's part of `run_batch` (the pipeline and the safety check). It returns, once
+        the device is free for the next batch, what is left to do: encoding the images with their
+        records, which any thread may run (`generation.jobs.runners.LocalRunner` does so while the
+        next batch denoises)."""
         if not batch:
-            return []
+            return list
         started = time.perf_counter()
         jobs = [_Job(params, self._source(params)) for params in batch]
         if len({job.params.batch_key for job in jobs}) > 1:
@@ -237,17 +249,24 @@ class DiffusionEngine:
             if should_stop():
                 raise Cancelled("cancelled before generation started")
             produced, verdicts = self._generate(jobs, on_step, should_stop)
-            generated = time.perf_counter()
+        generated = time.perf_counter()
+
+        def encode() -> list[JobOutput]:
+            encoding = time.perf_counter()
             results = list(zip(produced.images, verdicts, strict=True))
             outputs = []
             for job in jobs:
                 outputs.append(self._output(job, produced, results[: len(job.params.seeds)]))
                 results = results[len(job.params.seeds) :]
-        finished = time.perf_counter()
-        self.last_timings |= {"encode": finished - generated, "total": finished - started}
-        for output in outputs:
-            output.elapsed_s = (finished - started) / len(batch)
-        return outputs
+            encoded = time.perf_counter() - encoding
+            # The time this batch kept the device and the encoder busy, not the wait in between.
+            total = generated - started + encoded
+            self.last_timings |= {"encode": encoded, "total": total}
+            for output in outputs:
+                output.elapsed_s = total / len(batch)
+            return outputs
+
+        return encode
 
     # -- inputs ------------------------------------------------------------------------------------
 
