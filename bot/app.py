@@ -25,7 +25,7 @@ from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.pipelines import check_folders, native_size_on_disk
-from generation.engine.prompt_embeds import load_tokenizer, read_prompt
+from generation.engine.prompt_embeds import local_prompt_reader
 from generation.errors import GenerationError
 from generation.jobs.runners import BatchRunner, LocalRunner
 from generation.styles import StyleFileError, load_styles
@@ -52,10 +52,17 @@ def model_on_disk(config: EngineConfig) -> ModelInfo | None:
     """What admission needs of the model (its size and tokenizer), read from its folder or the local
     Hugging Face cache without loading it; None when the model is not on this machine yet."""
     native_size = native_size_on_disk(config.model_id, config.model_revision)
-    tokenizer = load_tokenizer(config.model_id, config.model_revision)
-    if native_size is None or tokenizer is None:
+    read_prompt = local_prompt_reader(config.model_id, config.model_revision)
+    if native_size is None or read_prompt is None:
         return None
-    return ModelInfo(config.model_id, native_size, lambda text: read_prompt(tokenizer, text))
+    return ModelInfo(config.model_id, native_size, read_prompt)
+
+
+def ray_model(settings: Settings, native_size: int) -> ModelInfo:
+    """What admission knows of a model the Ray actors serve: the size they report, and the token
+    count before a job is queued when the tokenizer is on this machine too (else the engine refuses
+    an over-long prompt when it runs)."""
+    return ModelInfo(settings.model_id, native_size, local_prompt_reader(settings.model_id, settings.model_revision))
 
 
 async def serve_when_loaded(bot: SDBot, settings: Settings, load: Callable[[], DiffusionEngine]) -> None:
@@ -88,7 +95,7 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
         except ModuleNotFoundError as error:
             raise GenerationError(f'SDBOT_WORKERS=ray needs Ray ({error}): pip install -e ".[ray]"') from None
         ray_runners = start_ray_runners(settings)
-        return list(ray_runners), ModelInfo(settings.model_id, ray_runners[0].info.native_size)
+        return list(ray_runners), ray_model(settings, ray_runners[0].info.native_size)
     assert engine is not None, "local workers need a loaded engine"
     return [LocalRunner(engine)], ModelInfo(engine.model_id, engine.native_size, engine.prompt_reader())
 
