@@ -177,7 +177,9 @@ class Worker:
             await self._give_back()
         finally:
             if self._finishing is not None:
-                await self._finishing  # images already made are written and recorded
+                # Images already made are written and recorded; jobs it has not ended within the
+                # grace stay running in the store and run again on the next start.
+                await asyncio.wait({self._finishing}, timeout=grace_s)
 
     # The loop
 
