@@ -1,4 +1,5 @@
-"""The composition root: open the database, load the models, build the bot, connect to Discord.
+"""The composition root: open the database, check the token, build the bot, connect to Discord
+while the models load in the background (commands are accepted and queued meanwhile).
 
 Resources are opened here and handed to the bot, so tests build the same bot around a temporary
 database, tiny models and the fake Discord.
@@ -7,9 +8,12 @@ database, tiny models and the fake Discord.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import aiohttp
 import discord
@@ -21,7 +25,8 @@ from generation.catalogue import catalogue_for
 from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
-from generation.engine.pipelines import check_folders
+from generation.engine.pipelines import check_folders, native_size_on_disk
+from generation.engine.prompt_embeds import local_prompt_reader
 from generation.errors import GenerationError
 from generation.jobs.runners import BatchRunner, LocalRunner
 from generation.styles import StyleFileError, load_styles
@@ -32,11 +37,53 @@ from sdbot.store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 
-def build_bot(settings: Settings, store: Store, engine: DiffusionEngine | None, **options: object) -> SDBot:
-    """Raises StyleFileError for a styles file that cannot be used (before any runner starts)."""
+def build_bot(
+    settings: Settings, store: Store, engine: DiffusionEngine | None, *, loading: ModelInfo | None = None,
+    **options: object,
+) -> SDBot:
+    """Raises StyleFileError for a styles file that cannot be used (before any runner starts).
+    With `loading` (what was read of the model from disk) the local engine is still loading: the
+    bot takes commands and queues them until `serve_when_loaded` hands it the engine."""
     styles = load_styles(settings.styles_path) if settings.styles_path else {}
-    runners, model = make_runners(settings, engine)
+    runners, model = ([], loading) if loading is not None else make_runners(settings, engine)
     return SDBot(settings=settings, store=store, runners=runners, model=model, styles=styles, **options)
+
+
+def model_on_disk(config: EngineConfig) -> ModelInfo | None:
+    """What admission needs of the model (its size and tokenizer), read from its folder or the local
+    Hugging Face cache without loading it; None when the model is not on this machine yet."""
+    native_size = native_size_on_disk(config.model_id, config.model_revision)
+    read_prompt = local_prompt_reader(config.model_id, config.model_revision)
+    if native_size is None or read_prompt is None:
+        return None
+    return ModelInfo(config.model_id, native_size, read_prompt, catalogue=config.catalogue)
+
+
+def ray_model(settings: Settings, native_size: int) -> ModelInfo:
+    """What admission knows of a model the Ray actors serve: the size they report, and the token
+    count before a job is queued when the tokenizer is on this machine too (else the engine refuses
+    an over-long prompt when it runs)."""
+    config = EngineConfig.from_settings(settings)
+    return ModelInfo(config.model_id, native_size, local_prompt_reader(config.model_id, config.model_revision),
+                     catalogue=config.catalogue)
+
+
+async def serve_when_loaded(bot: SDBot, settings: Settings, load: Callable[[], DiffusionEngine]) -> None:
+    """Load the engine off the event loop while the bot answers, then serve the queue with it and
+    warm it up. A failed load leaves the queued jobs queued: one line for the operator, and the
+    members' "queued" replies say why they wait."""
+    try:
+        engine = await asyncio.to_thread(load)
+    except Exception as error:  # noqa: BLE001 - whatever it is, the bot keeps its queue and says so
+        reason = str(error) if isinstance(error, GenerationError) else f"{type(error).__name__}: {error}"
+        log.error("could not load the model (%s); queued jobs stay queued until a restart loads it", reason)
+        bot.model_failed()
+        return
+    bot.serve_with(*make_runners(settings, engine))
+    log.info("the model is loaded; serving the queue")
+    warm_up = _start_warm_up(settings, engine)
+    if warm_up is not None:
+        await warm_up
 
 
 def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[list[BatchRunner], ModelInfo]:
@@ -51,11 +98,7 @@ def make_runners(settings: Settings, engine: DiffusionEngine | None) -> tuple[li
         except ModuleNotFoundError as error:
             raise GenerationError(f'SDBOT_WORKERS=ray needs Ray ({error}): pip install -e ".[ray]"') from None
         ray_runners = start_ray_runners(settings)
-        catalogue = catalogue_for(settings)
-        return list(ray_runners), ModelInfo(
-            catalogue.entry(None).model_id, ray_runners[0].info.native_size,
-            catalogue=catalogue if catalogue.named else None,
-        )
+        return list(ray_runners), ray_model(settings, ray_runners[0].info.native_size)
     assert engine is not None, "local workers need a loaded engine"
     return [LocalRunner(engine)], ModelInfo(
         engine.model_id, engine.native_size, engine.prompt_reader(), catalogue=engine.config.catalogue
@@ -95,21 +138,39 @@ async def _serve(settings: Settings) -> None:
         assert settings.discord_token is not None
         # Then the token: a refused one is found in seconds, not after a model download.
         await _check_token(settings.discord_token.get_secret_value())
-        engine = None  # with Ray workers the actors load the model, not this process
-        if settings.workers == "local":
-            engine = await asyncio.to_thread(DiffusionEngine.load, EngineConfig.from_settings(settings))
-        bot = build_bot(settings, store, engine)
+        bot, background = await _build_and_load(settings, store)
         loop = asyncio.get_running_loop()
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             # A clean stop: the worker finishes or re-queues its batch before the bot disconnects.
             loop.add_signal_handler(stop_signal, lambda: asyncio.ensure_future(bot.close()))
-        warm_up = _start_warm_up(settings, engine)
-        async with bot:
-            await bot.start(settings.discord_token.get_secret_value())
-        if warm_up is not None:
-            await warm_up  # its thread cannot be stopped; asyncio.run would wait for it anyway
+        try:
+            async with bot:
+                await bot.start(settings.discord_token.get_secret_value())
+        finally:
+            if background is not None:
+                # Its thread cannot be stopped (asyncio.run waits for it); the bot must not get
+                # an engine after it closed.
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
     finally:
         await store.close()
+
+
+async def _build_and_load(settings: Settings, store: Store) -> tuple[SDBot, asyncio.Task[None] | None]:
+    """The bot, and the background task loading (then warming up) its local engine. A model not on
+    this machine yet is downloaded and loaded first: until then its size and tokenizer are unknown."""
+    if settings.workers == "ray":  # the actors load the model, not this process
+        return build_bot(settings, store, None), None
+    config = EngineConfig.from_settings(settings)
+    model = await asyncio.to_thread(model_on_disk, config)
+    if model is None:
+        log.info("%s is not on this machine yet: it is downloaded and loaded before the bot connects",
+                 config.model_id)
+        engine = await asyncio.to_thread(DiffusionEngine.load, config)
+        return build_bot(settings, store, engine), _start_warm_up(settings, engine)
+    bot = build_bot(settings, store, None, loading=model)
+    return bot, asyncio.create_task(serve_when_loaded(bot, settings, partial(DiffusionEngine.load, config)))
 
 
 async def _check_token(token: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import discord
 from discord.ext import commands
 
+from bot import render
 from bot.admission import Admission, ModelInfo
 from bot.delivery import Delivery
 from bot.errors import CommandTree
@@ -75,6 +76,7 @@ class SDBot(commands.Bot):
         self.model = model
         self.styles = styles
         self._runners = runners
+        self._load_failed = False
         self.metrics = Metrics()
         # Created in setup_hook, once the loop runs.
         self.scheduler: JobScheduler
@@ -90,6 +92,8 @@ class SDBot(commands.Bot):
             queue_update_interval_s=self.settings.queue_update_interval_s,
             position=lambda job_id: self.scheduler.position(job_id),
         )
+        if not self._runners:  # the engine is still loading (serve_with comes later) or failed to
+            self.delivery.queue_waiting(render.LOAD_FAILED if self._load_failed else render.WARMING_UP)
         self.scheduler = JobScheduler(
             self.settings, self.store, self._runners, self.delivery, JobObserver(self.metrics)
         )
@@ -117,6 +121,23 @@ class SDBot(commands.Bot):
                 ping_database=self.store.ping,
             ))
             await self._ops_server.start(self.settings.metrics_host, self.settings.metrics_port)
+
+    def serve_with(self, runners: list[BatchRunner], model: ModelInfo) -> None:
+        """The engine has loaded (after the bot connected): its runners start on the queue, which
+        took commands meanwhile, and `model` replaces what was read of the model before loading."""
+        self.model = model
+        if getattr(self, "scheduler", None) is None:  # before setup_hook: it starts them
+            self._runners.extend(runners)
+            return
+        self.admission.model = model
+        self.scheduler.add_runners(runners)
+        self.delivery.queue_waiting(None)
+
+    def model_failed(self) -> None:
+        """The engine could not be loaded: queued jobs stay queued, and their replies say so."""
+        self._load_failed = True
+        if getattr(self, "scheduler", None) is not None:
+            self.delivery.queue_waiting(render.LOAD_FAILED)
 
     def gateway_connected(self) -> bool:
         # is_ready() stays true across reconnects; the socket says whether events flow now.

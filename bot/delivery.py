@@ -73,6 +73,7 @@ class Delivery:
         self._queue_update_interval_s = queue_update_interval_s
         self._position = position
         self._queued: dict[int, _QueuedReply] = {}  # job id -> its "queued" reply, while it waits
+        self._waiting: str | None = None  # why the queue does not move yet, shown instead of an ETA
         self._queue_edits: set[asyncio.Task[None]] = set()
         # Interaction tokens whose "queued" reply is still being written: events wait for it, so a
         # fast job's result is never overwritten by the older "queued" text.
@@ -157,7 +158,7 @@ class Delivery:
         job = receipt.job
         if notes:
             self._notes[job.id] = notes
-        content = render.queued_text(job, receipt.position, receipt.eta_s) + _small_print(notes)
+        content = render.queued_text(job, receipt.position, receipt.eta_s, self._waiting) + _small_print(notes)
         try:
             if first:
                 message: discord.Message = await interaction.edit_original_response(
@@ -183,6 +184,21 @@ class Delivery:
     # The live queue: every "queued" reply shows its current place, edited when it changes, at most
     # once per SDBOT_QUEUE_UPDATE_INTERVAL_S per message (Discord rate-limits webhook edits).
 
+    @property
+    def waiting(self) -> str | None:
+        """Why the queue does not move yet (no engine serves it), else None."""
+        return self._waiting
+
+    def queue_waiting(self, why: str | None) -> None:
+        """No engine serves the queue yet (`why` is said instead of an ETA), or None: it does now.
+        Every "queued" reply is edited to say so."""
+        if why == self._waiting:
+            return
+        self._waiting = why
+        for reply in self._queued.values():
+            reply.ahead = -1  # differs from any place: the next look at the queue edits the reply
+        self._queue_moved()
+
     def _queue_moved(self) -> None:
         for reply in self._queued.values():
             if reply.task is None or reply.task.done():
@@ -198,7 +214,7 @@ class Delivery:
             if place is None or place[0] == reply.ahead or not _token_valid(reply.job):
                 return
             reply.ahead, reply.edited_at = place[0], time.monotonic()
-            await self._edit_reply(reply.job, content=render.queued_text(reply.job, *place))
+            await self._edit_reply(reply.job, content=render.queued_text(reply.job, *place, self._waiting))
 
     def _stop_following(self, job_id: int) -> asyncio.Task[None] | None:
         """The job left the queue. Await the returned task before the reply's next edit, so an

@@ -63,7 +63,15 @@ def place_in_line(ahead: int) -> str:
     return "next in line" if ahead == 0 else f"position {ahead + 1} in the queue"
 
 
-def queued_text(job: JobRow, ahead: int, eta_s: float) -> str:
+# Said instead of an ETA while no engine serves the queue (there is no rate to estimate from).
+WARMING_UP = "the model is warming up, so it starts as soon as the model has loaded"
+LOAD_FAILED = "the model could not be loaded, so it waits until the bot is restarted with a working model"
+
+
+def queued_text(job: JobRow, ahead: int, eta_s: float, waiting: str | None = None) -> str:
+    """`waiting`: why the queue does not move yet (WARMING_UP, LOAD_FAILED), said instead of an ETA."""
+    if waiting:
+        return f"⏳ {describe(job)} is queued: {place_in_line(ahead)}; {waiting}."
     return f"⏳ {describe(job)} is queued: {place_in_line(ahead)}, ready in about {duration(eta_s)}."
 
 

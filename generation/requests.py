@@ -322,6 +322,10 @@ def lora_text(loras: Sequence[tuple[str, float]]) -> str:
     return ", ".join(f"{name}:{weight:g}" for name, weight in loras)
 
 
+# Prompt flags that make no sense for a variation: its size is the source's, and it is one job.
+_NOT_FOR_VARIATIONS = frozenset({"ar", "aspect", "repeat", "tile"})
+
+
 def variation(
     limits: RequestLimits,
     *,
@@ -335,14 +339,25 @@ def variation(
     count: int | None = None,
     loras: tuple[tuple[str, float], ...] = (),
 ) -> GenerationParams:
+    """Image-to-image params. The prompt may carry `--seed`, `--steps` and `--no` as in /imagine;
+    flags that change the size or the number of jobs are refused (variations keep the source's)."""
+    try:
+        text, inline = parse_inline_parameters(normalise_text(prompt))
+    except PromptSyntaxError as error:
+        raise InvalidRequest(str(error)) from None
+    if unusable := [f"--{flag}" for flag in inline.found if flag in _NOT_FOR_VARIATIONS]:
+        raise InvalidRequest(
+            f"{', '.join(unusable)} cannot be used for variations: they keep the source image's size, "
+            "one job at a time"
+        )
     return GenerationParams(
         pipeline=PipelineKind.IMG2IMG,
         model=limits.model,
         loras=loras,
-        prompt=normalise_text(prompt),
-        negative_prompt=normalise_text(negative),
-        seeds=seeds(count or limits.max_count),
-        steps=limits.default_steps if steps is None else steps,
+        prompt=normalise_text(text),
+        negative_prompt=", ".join(part for part in (normalise_text(negative), inline.no or "") if part),
+        seeds=seeds(count or limits.max_count, inline.seed),
+        steps=inline.steps if inline.steps is not None else limits.default_steps if steps is None else steps,
         guidance=limits.default_guidance if guidance is None else guidance,
         width=width,
         height=height,

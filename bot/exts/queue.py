@@ -29,10 +29,8 @@ class Queue(commands.Cog):
             place = scheduler.position(job.id)
             if place is not None:
                 ahead, eta_s = place
-                lines.append(
-                    f"`#{job.id}` {render.place_in_line(ahead)}, done in about {render.duration(eta_s)} · "
-                    f"{render.clip(job.prompt, 60)}"
-                )
+                when = self.bot.delivery.waiting or f"done in about {render.duration(eta_s)}"
+                lines.append(f"`#{job.id}` {render.place_in_line(ahead)}, {when} · {render.clip(job.prompt, 60)}")
         workers = scheduler.workers_up
         summary = (
             f"{scheduler.queue_length} job(s) waiting in this bot's queue · "

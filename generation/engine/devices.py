@@ -29,9 +29,19 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-def dtype_for(device: torch.device) -> torch.dtype:
-    """Half precision on accelerators (half the memory, tensor cores); CPUs are fastest in fp32."""
-    return torch.float32 if device.type == "cpu" else torch.float16
+# Pipeline families whose activations overflow fp16: bf16 has fp32's range at fp16's speed on CUDA.
+_BF16_FAMILIES = ("Flux",)
+
+
+def dtype_for(device: torch.device, pipeline_class: str | None = None) -> torch.dtype:
+    """Half precision on accelerators (half the memory, tensor cores): bf16 on CUDA for the families
+    that need its range (`pipeline_class` as model_index.json names it, e.g. "FluxPipeline"),
+    else fp16. CPUs are fastest in fp32."""
+    if device.type == "cpu":
+        return torch.float32
+    if device.type == "cuda" and pipeline_class is not None and pipeline_class.startswith(_BF16_FAMILIES):
+        return torch.bfloat16
+    return torch.float16
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -49,6 +49,7 @@ from generation.engine.pipelines import (
     load_safety_checker,
     load_text2img,
     load_upscaler,
+    pipeline_class,
     to_download,
 )
 from generation.engine.png_metadata import (
@@ -173,6 +174,8 @@ class DiffusionEngine:
                 "loading %s on %s%s", self.model_id, self.device,
                 f"; downloading {', '.join(downloads)} first (several GB)" if downloads else "",
             )
+            # Now that the model's family can be read (bf16 for Flux on CUDA).
+            self._dtype = dtype_for(self._device, pipeline_class(self.config.model_id, self.config.model_revision))
             self._use(self._catalogue.default)
             if self.config.safety_checker:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
@@ -203,7 +206,8 @@ class DiffusionEngine:
 
     def _load_model(self, name: str) -> _Resident:
         entry = self._catalogue.entry(name)
-        text2img = load_text2img(self.config, self._device, self._dtype, entry.model_id, entry.revision)
+        dtype = dtype_for(self._device, pipeline_class(entry.model_id, entry.revision))  # bf16 for Flux on CUDA
+        text2img = load_text2img(self.config, self._device, dtype, entry.model_id, entry.revision)
         return _Resident(text2img, img2img_from(text2img))
 
     @property
@@ -294,10 +298,24 @@ class DiffusionEngine:
     ) -> list[JobOutput]:
         """`on_preview(step, total, previews)`, when given and previews are on, gets a JPEG per job
         (None where the safety checker flagged it) every SDBOT_PREVIEW_INTERVAL_S of generation."""
+        return self.generate(batch, on_step, should_stop, on_preview)()
+
+    def generate(
+        self,
+        batch: Sequence[GenerationParams],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
+    ) -> Callable[[], list[JobOutput]]:
+        """The device's part of `run_batch` (the pipeline and the safety check). It returns, once
+        the device is free for the next batch, what is left to do: encoding the images with their
+        records, which any thread may run (`generation.jobs.runners.LocalRunner` does so while the
+        next batch denoises)."""
         if not batch:
-            return []
+            return list
         if batch[0].pipeline is PipelineKind.CAPTION:
-            return self._describe(batch, on_step, should_stop)
+            captions = self._describe(batch, on_step, should_stop)
+            return lambda: captions
         started = time.perf_counter()
         jobs = [_Job(params, self._source(params)) for params in batch]
         if len({job.params.batch_key for job in jobs}) > 1:
@@ -312,17 +330,26 @@ class DiffusionEngine:
             if should_stop():
                 raise Cancelled("cancelled before generation started")
             produced, verdicts = self._generate(jobs, on_step, should_stop, on_preview)
-            generated = time.perf_counter()
+            # Read now: encoding runs while the next batch may switch models and LoRAs.
+            produced.extra |= self._lora_record(jobs[0].params)
+        generated = time.perf_counter()
+
+        def encode() -> list[JobOutput]:
+            encoding = time.perf_counter()
             results = list(zip(produced.images, verdicts, strict=True))
             outputs = []
             for job in jobs:
                 outputs.append(self._output(job, produced, results[: len(job.params.seeds)]))
                 results = results[len(job.params.seeds) :]
-        finished = time.perf_counter()
-        self.last_timings |= {"encode": finished - generated, "total": finished - started}
-        for output in outputs:
-            output.elapsed_s = (finished - started) / len(batch)
-        return outputs
+            encoded = time.perf_counter() - encoding
+            # The time this batch kept the device and the encoder busy, not the wait in between.
+            total = generated - started + encoded
+            self.last_timings |= {"encode": encoded, "total": total}
+            for output in outputs:
+                output.elapsed_s = total / len(batch)
+            return outputs
+
+        return encode
 
     def _describe(
         self,
@@ -356,6 +383,17 @@ class DiffusionEngine:
         for output in outputs:
             output.elapsed_s = elapsed / len(batch)
         return outputs
+
+    def _lora_record(self, params: GenerationParams) -> dict[str, Any]:
+        """The LoRAs of a batch as its records name them (with the revision that is loaded)."""
+        if not params.loras or self._resident is None:
+            return {}
+        loaded = self._resident.adapters.loaded
+        return {"loras": [
+            {"name": name, "weight": weight, "source": self._catalogue.loras[name].source,
+             "revision": loaded.get(name, "?")}
+            for name, weight in params.loras
+        ]}
 
     def _set_loras(self, params: GenerationParams) -> None:
         resident = self._resident
@@ -625,13 +663,6 @@ class DiffusionEngine:
             extra["edit"] = params.edit.model_dump(mode="json", exclude={"mask_image"})
         if params.model is not None:
             extra["model"] = params.model
-        if params.loras and self._resident is not None:
-            loaded = self._resident.adapters.loaded
-            extra["loras"] = [
-                {"name": name, "weight": weight, "source": self._catalogue.loras[name].source,
-                 "revision": loaded.get(name, "?")}
-                for name, weight in params.loras
-            ]
         if params.typed_prompt is not None and params.typed_prompt != params.prompt:
             extra["typed_prompt"] = params.typed_prompt
         return GenerationRecord(

@@ -224,6 +224,29 @@ def to_download(config: EngineConfig) -> list[str]:
     ]
 
 
+def pipeline_class(model_id: str, revision: str | None = None) -> str | None:
+    """The pipeline class the model's model_index.json names ("StableDiffusionPipeline",
+    "FluxPipeline"...), fetching only that file from the hub if needed; None when it cannot be read."""
+    try:
+        return str(DiffusionPipeline.load_config(model_id, revision=revision)["_class_name"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def native_size_on_disk(model_id: str, revision: str | None = None) -> int | None:
+    """The side the model was trained at, read from its UNet and VAE configurations in a folder or
+    the local Hugging Face cache without loading weights or downloading; None when they are not here."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(model_id, subfolder="unet", revision=revision, local_files_only=True)
+        vae = AutoencoderKL.load_config(model_id, subfolder="vae", revision=revision, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    # As diffusers computes it: each VAE block but the last halves the side.
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)  # type: ignore[index]
+
+
 def _in_cache(model_id: str, marker: str, revision: str | None) -> bool:
     try:
         return isinstance(try_to_load_from_cache(model_id, marker, revision=revision), str)

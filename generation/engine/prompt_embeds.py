@@ -20,7 +20,7 @@ computed in float32 before casting back to the encoder's dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,15 @@ def load_tokenizer(model_id: str, revision: str | None = None) -> Any | None:
         return CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", revision=revision, local_files_only=True)
     except (OSError, ValueError):
         return None
+
+
+def local_prompt_reader(model_id: str, revision: str | None = None) -> Callable[[str], PromptReading] | None:
+    """`read_prompt` with the model's tokenizer when it is on this machine (see load_tokenizer),
+    else None. For the loop only: the engine's thread encodes with its own tokenizer."""
+    tokenizer = load_tokenizer(model_id, revision)
+    if tokenizer is None:
+        return None
+    return lambda text: read_prompt(tokenizer, text)
 
 
 def _comma_token(tokenizer: Any) -> int | None:

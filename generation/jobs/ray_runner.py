@@ -34,7 +34,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import ray
@@ -45,7 +45,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import ModelLoadError, WorkerLost
-from generation.jobs.runners import LocalRunner
+from generation.jobs.runners import LocalRunner, finished
 from sdbot.settings import Settings
 from sdbot.types import GenerationParams, JobOutput, PreviewCallback
 
@@ -155,6 +155,16 @@ class RayRunner:
         if batch:
             self.batches += 1
         return outputs
+
+    async def start(
+        self,
+        batch: Sequence[GenerationParams],
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
+    ) -> Awaitable[list[JobOutput]]:
+        """The actor encodes before it answers: nothing is left to do here (and makes no previews)."""
+        return finished(await self.run(batch, on_step, should_stop))
 
     def close(self) -> None:
         """End the actor for good (no restart); a batch in progress is lost with it."""

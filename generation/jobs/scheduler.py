@@ -42,16 +42,16 @@ class JobScheduler:
         *listeners: JobListener,
     ) -> None:
         self._store = store
-        self._runners = list(runners)
+        self._runners: list[BatchRunner] = []
         self._queue: FairQueue[JobRow] = FairQueue(
             max_per_flow=settings.max_queued_per_user, capacity=settings.queue_capacity
         )
+        self._settings = settings
         self._wakeup = asyncio.Event()
         self._listener = Listeners(*listeners)
-        self._workers = [
-            Worker(f"worker-{index}", runner, self._queue, self._wakeup, store, settings, self._listener)
-            for index, runner in enumerate(runners)
-        ]
+        self._workers: list[Worker] = []
+        self._started = False
+        self.add_runners(runners)
         # Check-then-create must not interleave between two submits of one user.
         self._submit_lock = asyncio.Lock()
 
@@ -69,8 +69,21 @@ class JobScheduler:
                           bypass_limits=True)
         if recovered:
             log.info("recovered %d unfinished job(s) from the last run", len(recovered))
+        self._started = True
         for worker in self._workers:
             worker.start()
+
+    def add_runners(self, runners: Sequence[BatchRunner]) -> None:
+        """Serve the queue with more runners, e.g. an engine that finished loading after the bot
+        connected: until then jobs are accepted and wait in the queue."""
+        for runner in runners:
+            worker = Worker(f"worker-{len(self._workers)}", runner, self._queue, self._wakeup, self._store,
+                            self._settings, self._listener)
+            self._runners.append(runner)
+            self._workers.append(worker)
+            if self._started:
+                worker.start()
+        self._wakeup.set()
 
     async def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         """Stop the workers; batches still running after `grace_s` go back to queued in the store."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Hashable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +104,25 @@ class _Task:
     params: GenerationParams
 
 
-# What became of a job run: its output, or why it failed. Cancellation is tracked separately.
-_Result = JobOutput | str
+@dataclass(frozen=True)
+class _Encoding:
+    """A job's output while its engine call's images are still being encoded (the device already
+    runs the next batch)."""
+
+    outputs: Awaitable[list[JobOutput]]  # the whole call's, shared by its jobs
+    index: int
+    batch_size: int
+
+    async def output(self) -> JobOutput:
+        outputs = await self.outputs
+        if len(outputs) != self.batch_size:
+            raise RuntimeError(f"the engine returned {len(outputs)} results for {self.batch_size} jobs")
+        return outputs[self.index].model_copy(update={"batch_size": self.batch_size})
+
+
+# What became of a job run: its output (maybe still being encoded), or why it failed.
+# Cancellation is tracked separately.
+_Result = JobOutput | _Encoding | str
 
 
 def short_reason(error: BaseException) -> str:
@@ -140,6 +157,9 @@ class Worker:
         self._runner_lost = False  # its runner died under a batch and has not answered since
         self._settled: dict[int, _Result] = {}  # jobs of the running batch whose piece has ended
         self._model: Hashable = None  # the model of the last batch: its runner has it loaded
+        # The last batch's ending (encoding, files, store, listener), which runs while the next
+        # batch uses the device; at most one at a time.
+        self._finishing: asyncio.Task[None] | None = None
 
     @property
     def is_up(self) -> bool:
@@ -163,16 +183,22 @@ class Worker:
         """Stop taking work; give the running batch `grace_s` to finish, else stop it and put its
         jobs back to queued in the store so the next start runs them."""
         self._stopping = True
-        task = self._task
-        if task is None or task.done():
-            return
-        if self._batch and (await asyncio.wait({task}, timeout=grace_s))[0]:
-            return
-        self._abandoned = True
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        await self._give_back()
+        try:
+            task = self._task
+            if task is None or task.done():
+                return
+            if self._batch and (await asyncio.wait({task}, timeout=grace_s))[0]:
+                return
+            self._abandoned = True
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            await self._give_back()
+        finally:
+            if self._finishing is not None:
+                # Images already made are written and recorded; jobs it has not ended within the
+                # grace stay running in the store and run again on the next start.
+                await asyncio.wait({self._finishing}, timeout=grace_s)
 
     # The loop
 
@@ -226,8 +252,19 @@ class Worker:
             return
         finally:
             self._settled.clear()
-        for job in jobs:
-            await self._end(job, results.get(job.id))
+        # The device is free: the next batch starts while this one is encoded, written and
+        # recorded, after the batch before it (in order, and never more than one behind).
+        if self._finishing is not None:
+            await asyncio.shield(self._finishing)  # a cancelled worker must not cut it short
+        ending = [(job, self._settle(job), results.get(job.id)) for job in jobs]
+        self._finishing = asyncio.create_task(self._finish_all(ending), name=f"sdbot-{self.name}-finish")
+
+    async def _finish_all(self, ending: list[tuple[JobRow, str | None, _Result | None]]) -> None:
+        for job, cancel_reason, result in ending:
+            try:
+                await self._finish(job, cancel_reason, result)
+            except Exception:  # the store is gone: the job stays running there and runs again on restart
+                log.exception("%s: could not end job %s", self.name, job.id)
 
     async def _attempt(self, tasks: Sequence[_Task]) -> dict[int, _Result]:
         """Run jobs in one engine call; on failure, retry in smaller pieces. Jobs cancelled
@@ -263,10 +300,8 @@ class Worker:
         started = time.monotonic()
         try:
             outputs = await asyncio.wait_for(
-                self._runner.run([task.params for task in live], on_step, should_stop, on_preview), timeout
+                self._runner.start([task.params for task in live], on_step, should_stop, on_preview), timeout
             )
-            if len(outputs) != len(live):
-                raise RuntimeError(f"the engine returned {len(outputs)} results for {len(live)} jobs")
         except OutOfMemory:
             if len(live) == 1:
                 return {ids[0]: OUT_OF_MEMORY_REASON}
@@ -286,8 +321,7 @@ class Worker:
         except Exception as error:
             return await self._isolate(live, error)
         self._queue.complete(ids, time.monotonic() - started)
-        sized = [output.model_copy(update={"batch_size": len(live)}) for output in outputs]
-        return dict(zip(ids, sized, strict=True))
+        return {job_id: _Encoding(outputs, index, len(live)) for index, job_id in enumerate(ids)}
 
     async def _isolate(self, live: list[_Task], error: Exception) -> dict[int, _Result]:
         """A batch failed: run its jobs one by one so only the bad one fails."""
@@ -304,11 +338,16 @@ class Worker:
     async def _end(self, job: JobRow, result: _Result | None) -> None:
         """Record how the job ended and tell the listener. `result` is None only for a job
         cancelled before it ran."""
-        # Settled before the first await: a cancel arriving from now on finds nothing to cancel
-        # rather than being promised and then ignored.
+        await self._finish(job, self._settle(job), result)
+
+    def _settle(self, job: JobRow) -> str | None:
+        """Take the job out of the batch, with no await: a cancel arriving from now on finds nothing
+        to cancel rather than being promised and then ignored. Returns its cancel reason, if any."""
         self._batch.pop(job.id, None)
-        reason = self._cancelled.pop(job.id, None)
         self._queue.release([job.id])
+        return self._cancelled.pop(job.id, None)
+
+    async def _finish(self, job: JobRow, reason: str | None, result: _Result | None) -> None:
         try:
             ended, images, output = await self._record(job, reason, result)
         except Exception as error:  # e.g. the disk is full: the job still has to end
@@ -325,6 +364,8 @@ class Worker:
     ) -> tuple[JobRow | None, list[ImageRow], JobOutput | None]:
         if cancel_reason is not None:
             return await self._store.cancel_job(job.id, cancel_reason), [], None
+        if isinstance(result, _Encoding):
+            result = await result.output()
         if not isinstance(result, JobOutput):
             return await self._store.fail_job(job.id, result or "it was never run"), [], None
         images = await asyncio.to_thread(self._write_images, job, result)
@@ -448,6 +489,8 @@ class Worker:
         seed = recorded[index].seed if index in recorded else source.seeds[index]
         params = source.params(await self._source_image(source)).model_copy(update={"seeds": (seed,)})
         result = (await self._attempt([_Task(source, params)])).get(source.id)
+        if isinstance(result, _Encoding):
+            result = await result.output()
         image = result.images[0] if isinstance(result, JobOutput) and result.images else None
         if image is None or image.data is None:
             why = result if isinstance(result, str) else "the safety checker withheld it"

@@ -161,6 +161,20 @@ def test_inline_flags_are_taken_out_of_the_prompt_and_applied() -> None:
     assert params.typed_prompt == typed and imagined.notes == ()
 
 
+def test_variations_read_seed_steps_and_no_from_their_prompt() -> None:
+    limits = LIMITS
+    params = requests.variation(limits, prompt="a red barn --seed 42 --steps 6 --no fog, rain", negative="blurry",
+                                width=64, height=64, steps=2, count=2)
+    assert (params.prompt, params.seeds, params.steps) == ("a red barn", (42, 43), 6)
+    assert params.negative_prompt == "blurry, fog, rain"
+    plain = requests.variation(limits, prompt="a red barn", negative="", width=64, height=64, steps=2)
+    assert plain.steps == 2 and plain.prompt == "a red barn"  # without flags: the job's own steps
+    with pytest.raises(InvalidRequest, match="--ar cannot be used for variations"):
+        requests.variation(limits, prompt="a red barn --ar 16:9", negative="", width=64, height=64)
+    with pytest.raises(InvalidRequest, match="--sed is not a flag"):
+        requests.variation(limits, prompt="a red barn --sed 4", negative="", width=64, height=64)
+
+
 def test_explicit_options_win_over_inline_flags_and_say_so() -> None:
     imagined = requests.imagine(
         LIMITS, prompt="a fox --seed 5 --steps 9 --ar 2:1 --no snow", native_size=512,

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from generation.engine.devices import dtype_for, is_out_of_memory, resolve_device
+from generation.engine.pipelines import pipeline_class
+from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import ModelLoadError
 
 
@@ -14,6 +16,17 @@ def test_auto_falls_back_to_the_cpu_here_and_the_cpu_runs_in_fp32() -> None:
     assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
     assert dtype_for(torch.device("cpu")) is torch.float32
     assert dtype_for(torch.device("cuda")) is torch.float16
+
+
+def test_flux_runs_in_bf16_on_cuda_where_fp16_would_overflow(tiny_models: TinyModelPaths) -> None:
+    assert dtype_for(torch.device("cuda"), "FluxPipeline") is torch.bfloat16
+    assert dtype_for(torch.device("cuda"), "FluxImg2ImgPipeline") is torch.bfloat16
+    assert dtype_for(torch.device("cpu"), "FluxPipeline") is torch.float32
+    # The family is read from the model folder, as the engine does before loading.
+    family = pipeline_class(str(tiny_models.pipeline))
+    assert family == "StableDiffusionPipeline"
+    assert dtype_for(torch.device("cuda"), family) is torch.float16
+    assert pipeline_class("/nonexistent/model") is None
 
 
 @pytest.mark.parametrize(("setting", "message"), [

@@ -150,6 +150,24 @@ def test_negative_prompt_without_guidance_gets_a_warning(tiny_engine: DiffusionE
     assert output.images[0].record.negative_prompt == "blurry"
 
 
+@pytest.mark.parametrize(("guidance", "doubled"), [(0.0, False), (1.0, False), (5.0, True)])
+def test_classifier_free_guidance_doubles_the_batch_only_above_guidance_one(
+    tiny_engine: DiffusionEngine, guidance: float, doubled: bool
+) -> None:
+    """Turbo and schnell models run at guidance 0: the UNet must see each image once, not twice."""
+    unet = tiny_engine.text2img_pipeline.unet
+    batch_sizes: list[int] = []
+    hook = unet.register_forward_pre_hook(lambda _module, args: batch_sizes.append(args[0].shape[0]))
+    try:
+        tiny_engine.run_batch(
+            [text2img(seeds=(1, 2), guidance=guidance), text2img("a fox", seeds=(3,), guidance=guidance)],
+            ignore_steps, never,
+        )
+    finally:
+        hook.remove()
+    assert batch_sizes == [6 if doubled else 3] * 2  # 3 images, 2 steps
+
+
 def test_jobs_of_different_shapes_cannot_share_a_batch(tiny_engine: DiffusionEngine) -> None:
     with pytest.raises(InvalidRequest, match="must share"):
         tiny_engine.run_batch([text2img(), text2img(width=128)], ignore_steps, never)

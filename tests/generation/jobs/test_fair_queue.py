@@ -178,6 +178,17 @@ def test_cancel_queued_jobs_anywhere_in_a_flow() -> None:
     assert queue.take_batch(4) == []
 
 
+def test_a_user_who_cancels_and_comes_back_waits_behind_later_arrivals() -> None:
+    queue = make_queue()
+    (a1,) = add(queue, A)
+    (b1,) = add(queue, B)
+    assert queue.cancel(b1.id)  # B has nothing left: the queue forgets B
+    (c1,) = add(queue, C)
+    (b2,) = add(queue, B)
+    # B's cancelled job must not lend its place in line to B's new one.
+    assert [take_one(queue).id for _ in range(3)] == [a1.id, c1.id, b2.id]
+
+
 def test_requeue_front_puts_a_job_back_ahead_of_its_flow_and_refunds_it() -> None:
     queue = make_queue()
     a1, a2 = add(queue, A, 2)
@@ -259,7 +270,7 @@ def test_memory_follows_queued_jobs() -> None:
         taken = queue.take_batch(1)
         queue.complete([t.id for t in taken], 0.01)
     assert not queue._flows
-    assert not queue._heads and not queue._heads_by_key
+    assert not queue._tops and not queue._by_key and not queue._live
 
 
 # Batching

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from generation.engine.diffusion import DiffusionEngine
 from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import ModelLoadError
 from generation.jobs.scheduler import JobScheduler
@@ -162,6 +163,19 @@ async def test_a_killed_actor_loses_no_job(
 
 @needs_ray
 @pytest.mark.timeout(5)
+@needs_ray
+@pytest.mark.timeout(RAY_TEST_TIMEOUT_S)
+def test_prompts_for_ray_workers_are_token_counted_before_queueing(
+    actors: list[RayRunner], tiny_models: TinyModelPaths, tiny_engine: DiffusionEngine
+) -> None:
+    from bot.app import ray_model
+
+    model = ray_model(tiny_models.settings(workers="ray"), actors[0].info.native_size)
+    assert model.native_size == tiny_engine.native_size
+    assert model.count_tokens is not None
+    assert model.count_tokens("a lighthouse, (stormy sea:1.2)") == tiny_engine.token_counter()("a lighthouse, (stormy sea:1.2)")
+
+
 def test_worker_plan_follows_the_cluster(tiny_models: TinyModelPaths) -> None:
     settings = tiny_models.settings
     assert worker_plan(settings(), cluster_gpus=8) == (8, 1.0)
@@ -186,6 +200,7 @@ from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import GenerationError
 from generation.jobs.runners import LocalRunner
+from generation.engine.diffusion import DiffusionEngine
 from generation.engine.tiny_models import TinyModelPaths
 
 settings = TinyModelPaths(*map(Path, sys.argv[1:])).settings()

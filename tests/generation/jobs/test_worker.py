@@ -11,7 +11,7 @@ from pathlib import Path
 from generation.jobs.scheduler import batch_key
 from generation.jobs.worker import OUT_OF_MEMORY_REASON
 from sdbot.store import Store
-from sdbot.types import JobRow, JobStatus, PipelineKind
+from sdbot.types import JobOutput, JobRow, JobStatus, PipelineKind
 from tests.fakes.engine import (
     FAIL_MARKER,
     FLAG_MARKER,
@@ -266,3 +266,40 @@ async def test_stop_lets_a_running_batch_finish_within_grace(store: Store, tmp_p
         await scheduler.stop(grace_s=5.0)
         assert listener.status(job.id) == "done"
         assert scheduler.workers_up == 0
+
+
+class SlowEncodingEngine(FakeEngine):
+    """Hands its encoding back to the runner, as the real engine does, and encodes only when the
+    test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode_gate = threading.Event()
+
+    def generate(self, batch, on_step, should_stop):  # type: ignore[no-untyped-def]
+        outputs = self.run_batch(batch, on_step, should_stop)
+
+        def encode() -> list[JobOutput]:
+            assert self.encode_gate.wait(10)
+            return outputs
+
+        return encode
+
+
+async def test_the_next_batch_runs_while_the_last_one_is_encoded(store: Store, tmp_path: Path) -> None:
+    engine = SlowEncodingEngine()
+    async with running_scheduler(store, make_settings(tmp_path, max_batch=1), engine) as (scheduler, listener):
+        first = (await scheduler.submit(new_job(1, seeds=(1,)))).job
+        second = (await scheduler.submit(new_job(2, seeds=(2,)))).job
+        # The second engine call starts while the first batch still waits for its PNGs.
+        await wait_until(lambda: len(engine.calls) == 2)
+        stored = await store.get_job(first.id)
+        assert stored is not None and stored.status == JobStatus.RUNNING  # not done before its files exist
+        assert not listener.finished
+        engine.encode_gate.set()
+        await listener.wait_finished(first.id, second.id)
+    assert listener.finish_order == [first.id, second.id]
+    for job_id in (first.id, second.id):
+        images = await store.images(job_id)
+        assert images and all(Path(image.path).is_file() for image in images if image.path)
+        assert listener.status(job_id) == "done"
