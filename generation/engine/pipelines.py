@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -83,18 +83,9 @@ def load_text2img(
     setting = "model_id"
     if model_id is None:
         model_id, model_revision = config.model_id, config.model_revision
-    folder, revision = _resolve_pipeline_folder(model_id, model_revision, setting)
-    pipe = _attempt(
-        lambda: AutoPipelineForText2Image.from_pretrained(
-            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        ),
-        setting,
-        model_id,
-    )
-    _attempt(lambda: pipe.to(device), setting, model_id)
-    pipe.set_progress_bar_config(disable=True)
-    fast = _attempt(lambda: apply_fast_path(pipe, config, device), setting, model_id)
-    return LoadedPipeline(pipe, model_id, revision, fast)
+    loaded = _load_auto(AutoPipelineForText2Image, setting, model_id, model_revision, device, dtype)
+    fast = _attempt(lambda: apply_fast_path(loaded.pipe, config, device), setting, model_id)
+    return replace(loaded, fast_path=fast)
 
 
 def img2img_from(text2img: LoadedPipeline) -> LoadedPipeline:
@@ -129,11 +120,18 @@ def load_inpainter(config: EngineConfig, device: torch.device, dtype: torch.dtyp
     setting = "inpaint_model_id"
     model_id = config.inpaint_model_id
     assert model_id is not None
-    folder, revision = _resolve_pipeline_folder(model_id, None, setting)
+    return _load_auto(AutoPipelineForInpainting, setting, model_id, None, device, dtype)
+
+
+def _load_auto(
+    auto_class: type[AutoPipelineForText2Image] | type[AutoPipelineForInpainting], setting: str, model_id: str,
+    model_revision: str | None, device: torch.device, dtype: torch.dtype,
+) -> LoadedPipeline:
+    """A pipeline through one of diffusers' AutoPipeline classes, on `device`, without diffusers'
+    own safety checker; a failure names `setting`."""
+    folder, revision = _resolve_pipeline_folder(model_id, model_revision, setting)
     pipe = _attempt(
-        lambda: AutoPipelineForInpainting.from_pretrained(
-            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        ),
+        lambda: auto_class.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False),
         setting,
         model_id,
     )

@@ -276,8 +276,8 @@ class SlowEncodingEngine(FakeEngine):
         super().__init__()
         self.encode_gate = threading.Event()
 
-    def generate(self, batch, on_step, should_stop):  # type: ignore[no-untyped-def]
-        outputs = self.run_batch(batch, on_step, should_stop)
+    def generate(self, batch, on_step, should_stop, on_preview=None):  # type: ignore[no-untyped-def]
+        outputs = self.run_batch(batch, on_step, should_stop, on_preview)
 
         def encode() -> list[JobOutput]:
             assert self.encode_gate.wait(10)
