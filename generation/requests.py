@@ -522,7 +522,10 @@ def upscale(width: int, height: int, *, prompt: str = "", negative: str = "") ->
 
 
 def upscale_of(job: JobRow, image: ImageRow) -> GenerationParams:
-    return upscale(image.width, image.height, prompt=job.prompt, negative=job.negative_prompt)
+    """x2 of a posted image; its job's model and LoRAs are kept for the edits of the result (the
+    upscaler itself is one model for all)."""
+    params = upscale(image.width, image.height, prompt=job.prompt, negative=job.negative_prompt)
+    return params.model_copy(update={"model": job.model, "loras": tuple(job.loras)})
 
 
 def describe(

@@ -322,16 +322,18 @@ class DiffusionEngine:
             raise InvalidRequest("jobs in one batch must share pipeline, size, steps, guidance and strength")
         with self._lock:
             self.load_models()
+            # Read now: encoding runs while the next batch may switch models and LoRAs.
+            lora_record: dict[str, Any] = {}
             if jobs[0].params.pipeline is not PipelineKind.UPSCALE:  # the upscaler is its own model
                 self._use(self._catalogue.entry(jobs[0].params.model).name)
                 self._set_loras(jobs[0].params)
+                lora_record = self._lora_record(jobs[0].params)
             for job in jobs:
                 self._add_input_warnings(job)
             if should_stop():
                 raise Cancelled("cancelled before generation started")
             produced, verdicts = self._generate(jobs, on_step, should_stop, on_preview)
-            # Read now: encoding runs while the next batch may switch models and LoRAs.
-            produced.extra |= self._lora_record(jobs[0].params)
+            produced.extra |= lora_record
         generated = time.perf_counter()
 
         def encode() -> list[JobOutput]:

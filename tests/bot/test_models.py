@@ -162,3 +162,16 @@ async def test_moderators_choose_the_servers_default_model(harness: BotHarness) 
     reset = await fake.slash(fake.moderator, ["model", "default"])
     await reset.wait_original(timeout=10)
     assert fields(await imagine(harness))["Model"] == "tiny"
+
+
+async def test_an_upscale_and_its_edits_keep_the_source_jobs_model(harness: BotHarness) -> None:
+    fake = harness.fake
+    made = await imagine(harness, model="tiny-xl", seed=5)
+    click = await fake.click(fake.member, made, made.button(label="U1")["custom_id"])
+    upscaled = await click.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert fields(upscaled)["Model"] == "tiny-xl"
+    zoom = await fake.click(fake.member, upscaled, upscaled.button(label="Zoom Out 2x")["custom_id"])
+    zoomed = await zoom.wait_original(lambda m: bool(m.attachments), timeout=90)
+    assert fields(zoomed)["Model"] == "tiny-xl"
+    record = read_record(zoomed.attachments[0].data)
+    assert record is not None and record.model_id.endswith("pipeline-sdxl")
