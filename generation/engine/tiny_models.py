@@ -219,7 +219,9 @@ def make_tiny_models(
     make_lora(text2img.unet, paths.lora)
     paths.models_file.write_text(_MODELS_TOML.format(
         # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
-        sd=json.dumps(str(paths.pipeline)), sdxl=json.dumps(str(paths.sdxl)), lora=json.dumps(str(paths.lora))
+        # Absolute: the models file reads relative paths from its own folder.
+        sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
+        lora=json.dumps(str(paths.lora.resolve())),
     ), "utf-8")
     return paths
 

@@ -100,6 +100,12 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
         parsed = parse_parameters(image.text["parameters"])
     assert (parsed["prompt"], parsed["seed"], parsed["steps"]) == ("a tiny test", 41, 2)
 
+    # The catalogue it wrote, named by a path relative to where the operator stands.
+    other = sdbot("imagine", "a tiny test", "--model", "tiny-xl", "--steps", "1", "--out", "out",
+                  env=env | {"SDBOT_MODELS_FILE": "models/models.toml"}, cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert "seed=" in other.stdout
+
 
 def test_describe_prints_four_suggestions_and_the_settings_a_picture_carries(
     tmp_path: Path, tiny_models: TinyModelPaths
