@@ -412,8 +412,11 @@ def _describe(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from generation.engine.tiny_models import make_tiny_models
 
+    transformers_logging.disable_progress_bar()  # one "Writing model shards" bar per tiny model
     paths = make_tiny_models(args.directory)
     print(f"SDBOT_MODEL_ID={paths.pipeline}")
     print(f"SDBOT_SAFETY_MODEL_ID={paths.safety_checker}")

@@ -196,7 +196,7 @@ class TinyModelPaths:
 def make_tiny_models(
     directory: Path, *, shape: ModelShape = "tiny", flag_everything: bool = False
 ) -> TinyModelPaths:
-    """Write the pipeline, safety checker, upscaler and describer folders under `directory`."""
+    """Write every tiny model of the module docstring under `directory`."""
     directory = Path(directory)
     paths = TinyModelPaths(
         pipeline=directory / "pipeline",
