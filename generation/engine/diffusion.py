@@ -114,6 +114,7 @@ class _Resident:
     img2img: LoadedPipeline
     adapters: Adapters = field(default_factory=Adapters)
     inpainter: LoadedPipeline | None = None  # made from text2img's modules at the model's first edit
+    previews: PreviewMaker | None = None  # None: previews off, or no decoder for this model
 
 
 @dataclass
@@ -151,7 +152,6 @@ class DiffusionEngine:
         self._upscaler: LoadedPipeline | None = None
         self._inpainter: LoadedPipeline | None = None
         self._safety: SafetyChecker | None = None
-        self._previews: PreviewMaker | None = None
         self._captioner: Captioner | None = None  # /describe's model, loaded on the first caption job
         self._lock = threading.RLock()  # pipelines keep scheduler state: one batch at a time
         self._device_name = torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else None
@@ -176,15 +176,13 @@ class DiffusionEngine:
             )
             # Now that the model's family can be read (bf16 for Flux on CUDA).
             self._dtype = dtype_for(self._device, pipeline_class(self.config.model_id, self.config.model_revision))
-            self._use(self._catalogue.default)
+            # The checker first: each model's preview maker checks its previews with it.
             if self.config.safety_checker:
                 self._safety = load_safety_checker(self.config, self._device, self._dtype)
             else:
                 log.warning("SDBOT_SAFETY_CHECKER is off: generated images are not checked for NSFW content")
+            self._use(self._catalogue.default)
             assert self._text2img is not None
-            decoder = load_preview_decoder(self.config, self._text2img.pipe, self._device, self._dtype)
-            if decoder is not None:
-                self._previews = PreviewMaker(decoder, self._safety, self.config.preview_interval_s)
             log.info(
                 "loaded %s (revision %s) on %s as %s", self.model_id, self._text2img.revision, self.device, self.dtype
             )
@@ -208,7 +206,10 @@ class DiffusionEngine:
         entry = self._catalogue.entry(name)
         dtype = dtype_for(self._device, pipeline_class(entry.model_id, entry.revision))  # bf16 for Flux on CUDA
         text2img = load_text2img(self.config, self._device, dtype, entry.model_id, entry.revision)
-        return _Resident(text2img, img2img_from(text2img))
+        # Each model its own preview decoder: taesd, taesdxl... follow the model's family.
+        decoder = load_preview_decoder(self.config, text2img.pipe, self._device, dtype)
+        previews = None if decoder is None else PreviewMaker(decoder, self._safety, self.config.preview_interval_s)
+        return _Resident(text2img, img2img_from(text2img), previews=previews)
 
     @property
     def resident_models(self) -> list[str]:
@@ -254,7 +255,7 @@ class DiffusionEngine:
     def previews(self) -> bool:
         """Whether this engine makes live previews (on, and its decoder loaded)."""
         self.load_models()
-        return self._previews is not None
+        return self._resident is not None and self._resident.previews is not None
 
     @property
     def text2img_pipeline(self) -> Any:
@@ -517,7 +518,8 @@ class DiffusionEngine:
         _set_vae_tiling(pipe.vae, params.width * params.height)
 
         counts = [len(job.params.seeds) for job in jobs]
-        previews = self._previews if on_preview is not None else None  # nobody watching: no cost
+        # Nobody watching: no cost.
+        previews = self._resident.previews if on_preview is not None and self._resident is not None else None
         if previews is not None:
             previews.start()
 

@@ -109,3 +109,17 @@ def test_without_a_decoder_previews_are_off_and_generation_goes_on(
     assert outputs[0].images[0].data and all(previews is None for *_, previews in steps)
     warnings = [record.getMessage() for record in caplog.records if "live previews are off" in record.getMessage()]
     assert (warnings == []) if logged is None else (len(warnings) == 1 and logged in warnings[0])
+
+
+def test_each_catalogue_model_gets_its_own_preview_decoder(
+    tiny_models: TinyModelPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    """taesd for SD, taesdxl for SDXL...: a model's previews come from a decoder chosen for it."""
+    with caplog.at_level(logging.INFO, logger="generation.engine.pipelines"):
+        engine = DiffusionEngine.load(
+            tiny_models.engine_config(models_file=tiny_models.models_file, preview_interval_s=1e-9)
+        )
+        _, steps = run(engine, [params([1]).model_copy(update={"model": "tiny-xl"})])
+    loads = [record for record in caplog.records if record.getMessage().startswith("live previews decoded with")]
+    assert len(loads) == 2  # the default model's at start, tiny-xl's when it loads
+    assert any(previews for _, _, previews in steps)
