@@ -78,12 +78,9 @@ class _Batch:
     open_jobs: int
 
 
-@dataclass(slots=True)
-class _Charge:
-    flow: Flow
-    work: float
-    weight: float  # the weight the job was charged with, so a later set_weight cannot skew it
-    batch: _Batch
+# A dequeued job's charge: its flow, estimated work, the weight it was charged with (so a later
+# set_weight cannot skew the correction) and its batch. A tuple: one is made per dequeued job.
+_Charge = tuple[_FlowState[T], float, float, _Batch]
 
 
 class FairQueue(Generic[T]):
@@ -174,58 +171,95 @@ class FairQueue(Generic[T]):
         leads instead of a fair leader on another model, unless that leader's flow was already
         passed over last time: a model switch is put off by one batch at most."""
         tops, live = self._tops, self._live
+        heappop = heapq.heappop
         while tops and tops[0] not in live:
-            heapq.heappop(tops)
+            heappop(tops)
         if not tops:
             return []
         leader = live[tops[0]]
-        key, leading_model = leader.entry_key, leader.head.model if leader.head else None
+        key = leader.entry_key
         preferred = None
-        if prefer is not None and leading_model != prefer and self._passed_over != leader.key:
+        if prefer is not None and self._passed_over != leader.key and leader.head.model != prefer:  # type: ignore[union-attr]
             preferred = self._first_key_on(prefer)
             if preferred is not None:  # the leader's entry stays in _tops: it leads next time
                 self._passed_over, key = leader.key, preferred
         elif self._passed_over == leader.key:
             self._passed_over = None
         if preferred is None:
-            heapq.heappop(tops)
+            heappop(tops)
         heap = self._by_key[key]  # the leading entry is its top: every key heap's top is in _tops
-        batch: list[QueuedJob[T]] = []
+        # Dequeue heads from the top of `heap`, charging each flow its estimated cost; inlined, with
+        # locals for attributes and comparisons instead of max(), because this is the hot path.
+        heapreplace, charges, where, weights = heapq.heapreplace, self._charges, self._where, self._weights
+        vtime, max_finish = self._vtime, self._max_finish
         running = _Batch(self._clock(), 0.0, 0)
+        batch: list[QueuedJob[T]] = []
+        work = 0.0
         room = max_images
         while True:
-            state = live[heap[0]]
+            entry = heap[0]
+            state = live[entry]
             job = state.head
             assert job is not None
             if batch and job.images > room:
                 break
-            self._charges[job.id] = _Charge(job.flow, job.work, self._take(state, heap, key), running)
+            jobs = state.jobs
+            del jobs[job.id], where[job.id], live[entry]
+            weight = weights.get(state.key, 1.0) if weights else 1.0
+            tag = state.head_tag
+            if tag > vtime:
+                vtime = tag
+            finish = state.finish = tag + job.work / weight
+            if finish > max_finish:
+                max_finish = finish
+            state.in_service += 1
+            # The next head can start no earlier than now in virtual time.
+            state.floor = vtime
+            charges[job.id] = (state, job.work, weight, running)
             batch.append(job)
-            running.work += job.work
+            work += job.work
             room -= job.images
+            if jobs:
+                head = state.head = next(iter(jobs.values()))
+                tag = state.head_tag = finish if finish > vtime else vtime
+                entry = state.entry = (int(tag * _TAG_SCALE) << _SEQ_BITS) | head.seq
+                live[entry] = state
+                if head.batch_key == key:
+                    heapreplace(heap, entry)
+                else:
+                    state.entry_key = head.batch_key
+                    heappop(heap)
+                    self._push_entry(entry, head.batch_key)
+            else:
+                state.head, state.entry = None, -1
+                heappop(heap)
             if room <= 0:
                 break
             while heap and heap[0] not in live:
-                heapq.heappop(heap)
+                heappop(heap)
             if not heap:
                 break
-        running.open_jobs = len(batch)
+        self._vtime, self._max_finish = vtime, max_finish
+        running.work, running.open_jobs = work, len(batch)
         self._batches.add(running)
         self._settle_top(key)
-        if not self._where or (self._idle and self._idle[0][0] <= self._vtime):
+        if not where or (self._idle and self._idle[0][0] <= vtime):
             self._forget_idle_flows()
         return batch
 
     def complete(self, job_ids: Iterable[int], elapsed_s: float) -> None:
         """Jobs that ran together in one engine call finished after `elapsed_s`: update the rate
         and correct each flow's charge by the difference between measured and estimated cost."""
-        charges = [self._charges.pop(job_id) for job_id in job_ids if job_id in self._charges]
-        work = sum(charge.work for charge in charges)
+        pop = self._charges.pop
+        charges = [charge for charge in map(pop, job_ids, itertools.repeat(None)) if charge is not None]
+        work = 0.0
+        for charge in charges:
+            work += charge[1]
         if self.rate.measured and self.rate.value > 0 and work > 0:
             ratio = elapsed_s / (self.rate.value * work)
-            ratio = min(MAX_CORRECTION, max(1 / MAX_CORRECTION, ratio))
-            for charge in charges:
-                self._correct(self._flows[charge.flow], charge.work * (ratio - 1) / charge.weight)
+            ratio = min(MAX_CORRECTION, max(1 / MAX_CORRECTION, ratio)) - 1
+            for state, job_work, weight, _ in charges:
+                self._correct(state, job_work * ratio / weight)
         self.rate.observe(elapsed_s, work)
         for charge in charges:
             self._settle(charge)
@@ -249,7 +283,7 @@ class FairQueue(Generic[T]):
         self._where[job.id] = state
         charge = self._charges.pop(job.id, None)
         if charge is not None:
-            state.finish -= charge.work / charge.weight
+            state.finish -= charge[1] / charge[2]
             self._settle(charge)
         self._new_head(state)
 
@@ -331,53 +365,43 @@ class FairQueue(Generic[T]):
             yield tag, job.seq, job
             tag += job.work / weight
 
-    def _take(self, state: _FlowState[T], heap: list[int], key: Hashable) -> float:
-        """Dequeue the flow's head, whose entry tops `heap` (the heap of `key`), and charge the flow
-        its estimated cost; returns the weight it was charged with. The hot path of take_batch,
-        hence comparisons instead of max()."""
-        job = state.head
-        assert job is not None
-        del state.jobs[job.id]
-        del self._where[job.id]
-        del self._live[state.entry]
-        weight = self._weights.get(state.key, 1.0)
-        if state.head_tag > self._vtime:
-            self._vtime = state.head_tag
-        finish = state.finish = state.head_tag + job.work / weight
-        if finish > self._max_finish:
-            self._max_finish = finish
-        state.in_service += 1
-        # The next head can start no earlier than now in virtual time.
-        state.floor = self._vtime
-        if not state.jobs:
-            state.head, state.entry = None, -1
-            heapq.heappop(heap)
-            return weight
-        head = state.head = next(iter(state.jobs.values()))
-        state.head_tag = finish if finish > state.floor else state.floor
-        entry = state.entry = _order(state.head_tag, head.seq)
-        self._live[entry] = state
-        if head.batch_key == key:
-            heapq.heapreplace(heap, entry)
-        else:
-            state.entry_key = head.batch_key
-            heapq.heappop(heap)
-            self._push_entry(entry, head.batch_key)
-        return weight
-
     def _settle(self, charge: _Charge) -> None:
-        charge.batch.open_jobs -= 1
-        if charge.batch.open_jobs == 0:
-            self._batches.discard(charge.batch)
-        state = self._flows[charge.flow]
+        state, _, _, batch = charge
+        batch.open_jobs -= 1
+        if batch.open_jobs == 0:
+            self._batches.discard(batch)
         state.in_service -= 1
-        self._forget_if_idle(state)
+        if not state.in_service and not state.jobs:
+            self._forget_if_idle(state)
 
     def _correct(self, state: _FlowState[T], delta: float) -> None:
-        state.finish += delta
-        self._max_finish = max(self._max_finish, state.finish)
-        if state.jobs:
-            self._push_head(state)
+        """Move the flow's finish tag by `delta`, and its head's entry with it. Every completion
+        comes here, so the head (unchanged) is re-tagged in place: when its old entry tops its
+        heap, a replace leaves no superseded entry behind."""
+        finish = state.finish = state.finish + delta
+        if finish > self._max_finish:
+            self._max_finish = finish
+        head = state.head
+        if head is None:
+            return
+        tag = state.head_tag = finish if finish > state.floor else state.floor
+        entry = (int(tag * _TAG_SCALE) << _SEQ_BITS) | head.seq
+        old = state.entry
+        if entry == old:
+            return
+        live, key = self._live, state.entry_key
+        del live[old]
+        state.entry = entry
+        live[entry] = state
+        heap = self._by_key[key]
+        if heap[0] == old:
+            heapq.heapreplace(heap, entry)
+        else:
+            heapq.heappush(heap, entry)
+            self._pushes += 1
+        self._settle_top(key)
+        if self._pushes > 2 * len(live) + 64:
+            self._rebuild_heaps()
 
     def _new_head(self, state: _FlowState[T]) -> None:
         """The flow's head changed: it can start no earlier than now in virtual time."""
