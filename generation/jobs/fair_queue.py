@@ -12,9 +12,9 @@ next job is the least of those tops, and the batch fills from the top of the lea
 taking a job costs one heap operation (a replace when the flow's next job shares the key). Heap
 entries are plain ints that order like (start tag, arrival seq), because a heap of ints sifts
 several times faster than one of tuples; tags closer than 2**-32 work units count as equal and go
-in arrival order. A superseded entry (a charge corrected, a head cancelled) stays in its heap until
-it surfaces; the heaps are rebuilt once such pushes outnumber live heads, so memory stays
-proportional to queued jobs.
+in arrival order. A superseded entry (a head cancelled, a charge corrected while the head's entry
+is not the top of its heap, where it is replaced in place) stays in its heap until it surfaces; the
+heaps are rebuilt once such pushes outnumber live heads, so memory stays proportional to queued jobs.
 
 Pure and synchronous: no I/O, no asyncio; the clock is injected.
 """
