@@ -139,10 +139,8 @@ class DiffusionEngine:
         self.config = config
         self._device = resolve_device(config.device)
         self._dtype = dtype_for(self._device)
-        # The pipelines of the model in use (`_active`), one of the pool's resident models.
-        self._text2img: LoadedPipeline | None = None
-        self._img2img: LoadedPipeline | None = None
         self._catalogue = config.models
+        # The model in use (its name, its pipelines), one of the pool's resident models.
         self._active: str | None = None
         self._resident: _Resident | None = None
         self._pool: ModelPool[_Resident] = ModelPool(
@@ -166,7 +164,7 @@ class DiffusionEngine:
 
     def load_models(self) -> None:
         with self._lock:
-            if self._text2img is not None:
+            if self._resident is not None:
                 return
             check_folders(self.config)
             downloads = to_download(self.config)
@@ -182,9 +180,8 @@ class DiffusionEngine:
             else:
                 log.warning("SDBOT_SAFETY_CHECKER is off: generated images are not checked for NSFW content")
             self._use(self._catalogue.default)
-            assert self._text2img is not None
             log.info(
-                "loaded %s (revision %s) on %s as %s", self.model_id, self._text2img.revision, self.device, self.dtype
+                "loaded %s (revision %s) on %s as %s", self.model_id, self.model_revision, self.device, self.dtype
             )
 
     def _use(self, name: str) -> None:
@@ -195,7 +192,6 @@ class DiffusionEngine:
         started = time.perf_counter()
         resident, unloaded = self._pool.get(name)
         previous, self._active, self._resident = self._active, name, resident
-        self._text2img, self._img2img = resident.text2img, resident.img2img
         if previous is not None:
             log.info(
                 "model switch: %s -> %s in %.2f s%s", previous, name, time.perf_counter() - started,
@@ -491,30 +487,30 @@ class DiffusionEngine:
         on_preview: PreviewCallback | None,
     ) -> _Produced:
         params = jobs[0].params
-        loaded = self._text2img if params.pipeline is PipelineKind.TEXT2IMG else self._img2img
         if params.edit is not None:
             loaded = self._loaded_inpainter()
-        assert loaded is not None
+        else:
+            resident = self._loaded_resident()
+            loaded = resident.text2img if params.pipeline is PipelineKind.TEXT2IMG else resident.img2img
         pipe = loaded.pipe
         steps = params.steps
         edits: list[Prepared] = []
-        if params.edit is not None:
+        if params.pipeline is PipelineKind.TEXT2IMG and params.edit is None:
+            shape_args: dict[str, Any] = {"width": params.width, "height": params.height}
+        else:  # from a source picture: image to image, or an edit with its canvas and mask
             assert params.strength is not None
             steps = effective_steps(params.steps, params.strength)
-            edits = _per_image(jobs, lambda job: prepare(_source(job), _edit(job), params.width, params.height))
-            shape_args: dict[str, Any] = {
-                "image": [item.canvas for item in edits],
-                "mask_image": [item.mask for item in edits],
-                "strength": params.strength,
-                "width": params.width,
-                "height": params.height,
-            }
-        elif params.pipeline is PipelineKind.IMG2IMG:
-            assert params.strength is not None
-            steps = effective_steps(params.steps, params.strength)
-            shape_args = {"image": _per_image(jobs, _source), "strength": params.strength}
-        else:
-            shape_args = {"width": params.width, "height": params.height}
+            shape_args = {"strength": params.strength}
+            if params.edit is None:
+                shape_args["image"] = _per_image(jobs, _source)
+            else:
+                edits = _per_image(jobs, lambda job: prepare(_source(job), _edit(job), params.width, params.height))
+                shape_args |= {
+                    "image": [item.canvas for item in edits],
+                    "mask_image": [item.mask for item in edits],
+                    "width": params.width,
+                    "height": params.height,
+                }
         _set_vae_tiling(pipe.vae, params.width * params.height)
 
         counts = [len(job.params.seeds) for job in jobs]
@@ -690,10 +686,13 @@ class DiffusionEngine:
 
     # -- models -----------------------------------------------------------------------------------
 
-    def _loaded_text2img(self) -> LoadedPipeline:
+    def _loaded_resident(self) -> _Resident:
         self.load_models()
-        assert self._text2img is not None
-        return self._text2img
+        assert self._resident is not None
+        return self._resident
+
+    def _loaded_text2img(self) -> LoadedPipeline:
+        return self._loaded_resident().text2img
 
     def _loaded_inpainter(self) -> LoadedPipeline:
         """The dedicated inpainting checkpoint, loaded at the first edit, or the modules of the model
@@ -702,9 +701,7 @@ class DiffusionEngine:
             if self._inpainter is None:
                 self._inpainter = load_inpainter(self.config, self._device, self._dtype)
             return self._inpainter
-        self.load_models()
-        resident = self._resident
-        assert resident is not None
+        resident = self._loaded_resident()
         if resident.inpainter is None:
             resident.inpainter = inpaint_from(resident.text2img)
         return resident.inpainter
