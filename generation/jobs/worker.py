@@ -122,7 +122,7 @@ class _Encoding:
 
 # What became of a job run: its output (maybe still being encoded), or why it failed.
 # Cancellation is tracked separately.
-_Result = JobOutput | _Encoding | str
+_Result = _Encoding | str
 
 
 def short_reason(error: BaseException) -> str:
@@ -364,21 +364,20 @@ class Worker:
     ) -> tuple[JobRow | None, list[ImageRow], JobOutput | None]:
         if cancel_reason is not None:
             return await self._store.cancel_job(job.id, cancel_reason), [], None
-        if isinstance(result, _Encoding):
-            result = await result.output()
-        if not isinstance(result, JobOutput):
+        if not isinstance(result, _Encoding):
             return await self._store.fail_job(job.id, result or "it was never run"), [], None
-        images = await asyncio.to_thread(self._write_images, job, result)
-        if result.captions:
-            await self._store.save_suggestions(job.id, result.captions)
-        first = result.images[0].record if result.images else None
+        output = await result.output()
+        images = await asyncio.to_thread(self._write_images, job, output)
+        if output.captions:
+            await self._store.save_suggestions(job.id, output.captions)
+        first = output.images[0].record if output.images else None
         finished = await self._store.finish_job(
             job.id,
             images,
             scheduler=first.scheduler if first else None,
             model_revision=first.model_revision if first else None,
         )
-        return (finished, images, result) if finished else (None, [], None)
+        return (finished, images, output) if finished else (None, [], None)
 
     async def _requeue_lost(self, error: WorkerLost, keep: Sequence[int] = ()) -> None:
         """The runner died under the batch: its unfinished jobs (all but `keep`) go back to
@@ -489,9 +488,8 @@ class Worker:
         seed = recorded[index].seed if index in recorded else source.seeds[index]
         params = source.params(await self._source_image(source)).model_copy(update={"seeds": (seed,)})
         result = (await self._attempt([_Task(source, params)])).get(source.id)
-        if isinstance(result, _Encoding):
-            result = await result.output()
-        image = result.images[0] if isinstance(result, JobOutput) and result.images else None
+        output = await result.output() if isinstance(result, _Encoding) else None
+        image = output.images[0] if output is not None and output.images else None
         if image is None or image.data is None:
             why = result if isinstance(result, str) else "the safety checker withheld it"
             raise SourceUnavailable(f"the source image is missing and could not be made again ({why})")
