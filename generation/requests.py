@@ -56,7 +56,8 @@ MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = -2.0, 2.0
 SOURCE_FORMATS = ("PNG", "JPEG", "WEBP")
 DESCRIBE_SUGGESTIONS = 4  # as Midjourney's /describe
 _SPACES = re.compile(r"\s+")
-# A1111's LoRA tag, `<lora:name:0.8>`; no LoRA catalogue exists yet (issue 13), so each is refused.
+# A1111's LoRA tag, `<lora:name:0.8>`: refused, as LoRAs are chosen with the `lora` option (from the
+# models file), not read from the prompt.
 _LORA_TAG = re.compile(r"<lora:([^:>]*)[^>]*>", re.IGNORECASE)
 
 
@@ -645,7 +646,10 @@ def _check_prompt_language(
     label: str, text: str, limits: RequestLimits, count_tokens: Callable[[str], int] | None
 ) -> None:
     if lora := _LORA_TAG.search(text):
-        raise InvalidRequest(f"in the {label}, there is no LoRA called “{lora[1].strip()}”; this bot has no LoRAs")
+        raise InvalidRequest(
+            f"in the {label}, there is no LoRA called “{lora[1].strip()}”: LoRAs are chosen with the "
+            "`lora` option, not in the prompt"
+        )
     try:
         parse_weights(text)
         tokens = count_tokens(text) if count_tokens is not None and text else 0
