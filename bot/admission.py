@@ -468,26 +468,29 @@ class Admission:
         Pan or Vary (Region), the region named or (for an upload) an uploaded mask. `prompt` None or
         empty keeps the job's prompt."""
         prompt = prompt or None
-        if isinstance(source, Source):
+        if isinstance(source, Source):  # on the source job's model, as its variations
+            limits = self.limits_for(source.job.model)
             if action in _VARIES:
-                params = requests.vary(self.limits, source.job, source.image, strong=_VARIES[action], prompt=prompt)
+                params = requests.vary(limits, source.job, source.image, strong=_VARIES[action], prompt=prompt)
                 return _first(await self.submit(
                     interaction, JobKind.VARIATION, [params], source=source.image, source_path=source.path
                 ))
             base = requests.EditSource.of_image(source.job, source.image, prompt)
-        else:
+        else:  # on this server's model, as the variations of an upload
+            entry = await self.pick_model(interaction, None)
+            limits = self.limits_for(entry.name)
             base = requests.EditSource.of_upload(
-                self.limits, self.model.native_size, source.width, source.height, prompt or ""
+                limits, self.model.native_size_of(entry), source.width, source.height, prompt or ""
             )
         if action in _ZOOMS:
-            params = requests.zoom_out(self.limits, base, _ZOOMS[action])
+            params = requests.zoom_out(limits, base, _ZOOMS[action])
         elif action in _PANS:
-            params = requests.pan(self.limits, base, _PANS[action])
+            params = requests.pan(limits, base, _PANS[action])
         elif mask is not None:
             assert isinstance(source, Upload), "only /inpaint takes a mask, with an upload"
-            params = requests.inpaint_mask(self.limits, base, mask, (source.width, source.height))
+            params = requests.inpaint_mask(limits, base, mask, (source.width, source.height))
         else:
-            params = requests.inpaint_region(self.limits, base, region or "")
+            params = requests.inpaint_region(limits, base, region or "")
         image = source.image if isinstance(source, Source) else None
         return _first(await self.submit(
             interaction, JobKind.VARIATION, [params], source=image, source_path=source.path

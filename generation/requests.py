@@ -375,9 +375,10 @@ def variation_of(
     strength: float | None = None,
     count: int | None = None,
 ) -> GenerationParams:
-    """Variations of a posted image: its job's model, LoRAs, prompt, steps and guidance unless changed."""
+    """Variations of a posted image: its job's LoRAs, prompt, steps and guidance unless changed; its
+    model is the one `limits` are for (`RequestLimits.for_model`)."""
     return variation(
-        limits.model_copy(update={"model": job.model}),
+        limits,
         loras=tuple(job.loras),
         prompt=job.prompt if prompt is None else prompt,
         negative=job.negative_prompt,
@@ -402,11 +403,11 @@ def variation_of_upload(
 
 def vary(limits: RequestLimits, job: JobRow, image: ImageRow, *, strong: bool, prompt: str | None = None
          ) -> GenerationParams:
-    """Vary (Subtle) or Vary (Strong) of a posted image: a variation at the configured strength."""
+    """Vary (Subtle) or Vary (Strong) of a posted image: a variation at the configured strength, on
+    the model `limits` are for."""
     base = EditSource.of_image(job, image, prompt)
     return variation(
-        limits.model_copy(update={"model": job.model}), loras=base.loras, prompt=base.prompt, negative=base.negative, width=image.width, height=image.height,
-        steps=base.steps, guidance=base.guidance,
+        limits, loras=base.loras, prompt=base.prompt, negative=base.negative, width=image.width, height=image.height, steps=base.steps, guidance=base.guidance,
         strength=limits.vary_strong_strength if strong else limits.vary_subtle_strength,
     )
 
@@ -423,9 +424,7 @@ class EditSource(BaseModel):
     negative: str = ""
     steps: int | None = None
     guidance: float | None = None
-    # A posted image's catalogue model and LoRAs, kept by its edits (None: the default model).
-    model: str | None = None
-    loras: tuple[tuple[str, float], ...] = ()
+    loras: tuple[tuple[str, float], ...] = ()  # a posted image's, kept by its edits
 
     @classmethod
     def of_image(cls, job: JobRow, image: ImageRow, prompt: str | None = None) -> EditSource:
@@ -433,7 +432,7 @@ class EditSource(BaseModel):
         diffused = job.pipeline is not PipelineKind.UPSCALE
         return cls(width=image.width, height=image.height, prompt=job.prompt if prompt is None else prompt,
                    negative=job.negative_prompt, steps=job.steps if diffused else None,
-                   guidance=job.guidance if diffused else None, model=job.model, loras=tuple(job.loras))
+                   guidance=job.guidance if diffused else None, loras=tuple(job.loras))
 
     @classmethod
     def of_upload(cls, limits: RequestLimits, native_size: int, width: int, height: int, prompt: str = ""
@@ -494,7 +493,7 @@ def _edit(
         height=height,
         strength=EDIT_STRENGTH,
         edit=_geometry(make),
-        model=source.model,
+        model=limits.model,
         loras=source.loras,
     )
 
