@@ -21,7 +21,6 @@ import discord
 from bot.admission import ModelInfo
 from bot.client import SDBot
 from bot.ops_server import OpsServerError
-from generation.catalogue import catalogue_for
 from generation.engine.buckets import buckets_up_to
 from generation.engine.config import EngineConfig
 from generation.engine.diffusion import DiffusionEngine
@@ -132,13 +131,14 @@ async def _serve(settings: Settings) -> None:
     # The database first: a wrong path is found in a second, not after minutes of model loading.
     store = await Store.open(settings.database_path, default_daily_quota=settings.default_daily_quota)
     try:
-        catalogue_for(settings)  # a models file that does not parse stops start-up here, naming its line
+        # A models file that does not parse stops start-up here, naming its line.
+        config = EngineConfig.from_settings(settings)
         if settings.workers == "local":
-            check_folders(EngineConfig.from_settings(settings))
+            check_folders(config)
         assert settings.discord_token is not None
         # Then the token: a refused one is found in seconds, not after a model download.
         await _check_token(settings.discord_token.get_secret_value())
-        bot, background = await _build_and_load(settings, store)
+        bot, background = await _build_and_load(settings, config, store)
         loop = asyncio.get_running_loop()
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             # A clean stop: the worker finishes or re-queues its batch before the bot disconnects.
@@ -157,12 +157,13 @@ async def _serve(settings: Settings) -> None:
         await store.close()
 
 
-async def _build_and_load(settings: Settings, store: Store) -> tuple[SDBot, asyncio.Task[None] | None]:
+async def _build_and_load(
+    settings: Settings, config: EngineConfig, store: Store
+) -> tuple[SDBot, asyncio.Task[None] | None]:
     """The bot, and the background task loading (then warming up) its local engine. A model not on
     this machine yet is downloaded and loaded first: until then its size and tokenizer are unknown."""
     if settings.workers == "ray":  # the actors load the model, not this process
         return build_bot(settings, store, None), None
-    config = EngineConfig.from_settings(settings)
     model = await asyncio.to_thread(model_on_disk, config)
     if model is None:
         log.info("%s is not on this machine yet: it is downloaded and loaded before the bot connects",
