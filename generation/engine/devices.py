@@ -6,6 +6,7 @@ import gc
 
 import torch
 
+from generation.catalogue import family_of
 from generation.errors import ModelLoadError
 
 
@@ -30,7 +31,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 # Pipeline families whose activations overflow fp16: bf16 has fp32's range at fp16's speed on CUDA.
-_BF16_FAMILIES = ("Flux",)
+_BF16_FAMILIES = frozenset({"flux"})
 
 
 def dtype_for(device: torch.device, pipeline_class: str | None = None) -> torch.dtype:
@@ -39,7 +40,7 @@ def dtype_for(device: torch.device, pipeline_class: str | None = None) -> torch.
     else fp16. CPUs are fastest in fp32."""
     if device.type == "cpu":
         return torch.float32
-    if device.type == "cuda" and pipeline_class is not None and pipeline_class.startswith(_BF16_FAMILIES):
+    if device.type == "cuda" and pipeline_class is not None and family_of(pipeline_class) in _BF16_FAMILIES:
         return torch.bfloat16
     return torch.float16
 

@@ -41,6 +41,7 @@ from huggingface_hub.errors import (
 )
 from transformers import CLIPImageProcessor
 
+from generation.catalogue import family_of
 from generation.engine.config import EngineConfig
 from generation.engine.devices import is_out_of_memory
 from generation.engine.fast_path import FastPath, apply_fast_path
@@ -153,12 +154,12 @@ def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype
 
 
 # Tiny preview decoders by model family, told by the pipeline's class name; SD 1.x/2.x otherwise.
-_PREVIEW_DECODERS = (
-    ("Flux", "madebyollin/taef1"),
-    ("StableDiffusion3", "madebyollin/taesd3"),
-    ("XL", "madebyollin/taesdxl"),
-)
-_SD_PREVIEW_DECODER = "madebyollin/taesd"
+_PREVIEW_DECODERS = {
+    "sd": "madebyollin/taesd",
+    "sdxl": "madebyollin/taesdxl",
+    "sd3": "madebyollin/taesd3",
+    "flux": "madebyollin/taef1",
+}
 
 
 def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | None:
@@ -168,8 +169,7 @@ def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | N
         return None
     if configured.lower() != "auto":
         return configured
-    name = type(pipe).__name__
-    return next((repo for family, repo in _PREVIEW_DECODERS if family in name), _SD_PREVIEW_DECODER)
+    return _PREVIEW_DECODERS[family_of(type(pipe).__name__) or "sd"]  # an unknown class: SD's latents
 
 
 def load_preview_decoder(
