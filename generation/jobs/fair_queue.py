@@ -222,7 +222,7 @@ class FairQueue(Generic[T]):
             if jobs:
                 head = state.head = next(iter(jobs.values()))
                 tag = state.head_tag = finish if finish > vtime else vtime
-                entry = state.entry = (int(tag * _TAG_SCALE) << _SEQ_BITS) | head.seq
+                entry = state.entry = (int(tag * _TAG_SCALE) << _SEQ_BITS) | head.seq  # _order, inlined
                 live[entry] = state
                 if head.batch_key == key:
                     heapreplace(heap, entry)
@@ -385,7 +385,7 @@ class FairQueue(Generic[T]):
         if head is None:
             return
         tag = state.head_tag = finish if finish > state.floor else state.floor
-        entry = (int(tag * _TAG_SCALE) << _SEQ_BITS) | head.seq
+        entry = _order(tag, head.seq)
         old = state.entry
         if entry == old:
             return
