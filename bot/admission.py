@@ -44,11 +44,11 @@ from sdbot.types import (
 )
 
 # The editing buttons under an upscaled image: what each asks of `generation.requests`.
-_ZOOMS = {Action.ZOOM_2X: "2x", Action.ZOOM_1_5X: "1.5x"}
-_PANS = {Action.PAN_LEFT: "left", Action.PAN_RIGHT: "right", Action.PAN_UP: "up", Action.PAN_DOWN: "down"}
+ZOOMS = {Action.ZOOM_2X: "2x", Action.ZOOM_1_5X: "1.5x"}
+PANS = {Action.PAN_LEFT: "left", Action.PAN_RIGHT: "right", Action.PAN_UP: "up", Action.PAN_DOWN: "down"}
 _VARIES = {Action.VARY_SUBTLE: False, Action.VARY_STRONG: True}
 # Buttons that open a prompt box first when the member has Remix on.
-REMIX_ACTIONS = frozenset({*_ZOOMS, *_PANS, *_VARIES})
+REMIX_ACTIONS = frozenset({*ZOOMS, *PANS, *_VARIES})
 
 # How long a second press of the same button by the same member counts as a repeat of the first.
 PRESS_WINDOW_S = 5.0
@@ -482,10 +482,10 @@ class Admission:
             base = requests.EditSource.of_upload(
                 limits, self.model.native_size_of(entry), source.width, source.height, prompt or ""
             )
-        if action in _ZOOMS:
-            params = requests.zoom_out(limits, base, _ZOOMS[action])
-        elif action in _PANS:
-            params = requests.pan(limits, base, _PANS[action])
+        if action in ZOOMS:
+            params = requests.zoom_out(limits, base, ZOOMS[action])
+        elif action in PANS:
+            params = requests.pan(limits, base, PANS[action])
         elif mask is not None:
             assert isinstance(source, Upload), "only /inpaint takes a mask, with an upload"
             params = requests.inpaint_mask(limits, base, mask, (source.width, source.height))

@@ -9,13 +9,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import PANS, ZOOMS
 from bot.client import SDBot
 from bot.errors import UserError
 from bot.views import Action
 from generation import edit_geometry
 
-_ZOOM = {"2x": Action.ZOOM_2X, "1.5x": Action.ZOOM_1_5X}
-_PAN = {"left": Action.PAN_LEFT, "right": Action.PAN_RIGHT, "up": Action.PAN_UP, "down": Action.PAN_DOWN}
+# The option's value -> the button that does the same.
+_ZOOM = {factor: action for action, factor in ZOOMS.items()}
+_PAN = {direction: action for action, direction in PANS.items()}
 _REGION_HELP = f"{', '.join(edit_geometry.NAMED_REGIONS)}, or x,y,w,h in percent (e.g. 25,25,50,50)"
 
 
