@@ -206,23 +206,21 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _imagine(settings: Settings, args: argparse.Namespace) -> int:
-    from generation.catalogue import catalogue_for
     from generation.engine.config import EngineConfig
     from generation.engine.diffusion import DiffusionEngine
 
     def work() -> list[tuple[Path, int]]:
-        engine_settings, limits = settings, RequestLimits.from_settings(settings)
-        catalogue = catalogue_for(settings)
+        config, limits = EngineConfig.from_settings(settings), RequestLimits.from_settings(settings)
         size: int | None = None
-        if catalogue.named:  # --model names one of the file's models; without it, the default runs
-            entry = requests.pick_model(catalogue, args.model)
+        if config.catalogue is not None:  # --model names one of the file's models; without it, the default runs
+            entry = requests.pick_model(config.catalogue, args.model)
             limits, size = limits.for_model(entry), entry.size
         elif args.model:
-            engine_settings = settings.model_copy(update={"model_id": args.model})
+            config = config.model_copy(update={"model_id": args.model})
         # Every argument is checked before the model loads (seconds to minutes); again after, with
         # the model's native size and its token count.
         _imagine_batches(args, limits, limits.min_size)
-        engine = DiffusionEngine.load(EngineConfig.from_settings(engine_settings))
+        engine = DiffusionEngine.load(config)
         batches, notes = _imagine_batches(args, limits, size or engine.native_size, engine.token_counter())
         for note in notes:
             log.warning("%s", note)
