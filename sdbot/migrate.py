@@ -39,10 +39,9 @@ def load_migrations(directory: Path) -> list[Migration]:
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_description.sql")
         migrations.append(Migration(int(match.group(1)), path.name, path.read_text("utf-8")))
-    versions = [m.version for m in migrations]
-    # Numbers are reserved per feature branch, so a branch may lack a number until all are merged.
-    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
-        raise MigrationError(f"migrations in {directory} must be numbered from 0001, each number once")
+    expected = list(range(1, len(migrations) + 1))
+    if [m.version for m in migrations] != expected:
+        raise MigrationError(f"migrations in {directory} must be numbered 0001, 0002, ... without gaps")
     return migrations
 
 
@@ -75,12 +74,12 @@ async def apply_migrations(db: aiosqlite.Connection, directory: Path | None = No
     """
     migrations = load_migrations(directory or bundled_migrations_dir())
     current = await schema_version(db)
-    if current > migrations[-1].version:
+    if current > len(migrations):
         raise MigrationError(
             f"the database is at schema version {current}, newer than this sdbot knows "
-            f"({migrations[-1].version}); upgrade sdbot"
+            f"({len(migrations)}); upgrade sdbot"
         )
-    for migration in (m for m in migrations if m.version > current):
+    for migration in migrations[current:]:
         await db.execute("BEGIN IMMEDIATE")
         try:
             for statement in split_statements(migration.sql):
@@ -90,8 +89,7 @@ async def apply_migrations(db: aiosqlite.Connection, directory: Path | None = No
             await db.execute("ROLLBACK")
             raise MigrationError(
                 f"migration {migration.name} failed: {error}; "
-                f"the database stays at schema version {current}"
+                f"the database stays at schema version {migration.version - 1}"
             ) from error
         await db.execute("COMMIT")
-        current = migration.version
     return await schema_version(db)
