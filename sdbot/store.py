@@ -493,8 +493,6 @@ class Store:
             )
             await self._audit(db, guild_id, moderator_id, "model.default", None, {"model": model})
 
-    # Audit log
-
     # Member preferences
 
     async def remix(self, guild_id: int, user_id: int) -> bool:
@@ -511,6 +509,8 @@ class Store:
                    ON CONFLICT (guild_id, user_id) DO UPDATE SET remix = excluded.remix""",
                 (guild_id, user_id, on),
             )
+
+    # Audit log
 
     async def audit(
         self,
