@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import random
+from collections.abc import Hashable, Iterator
 from itertools import count
 
 import pytest
@@ -262,6 +263,162 @@ def test_measured_cost_corrects_the_flow_charge() -> None:
     assert order_after(3.0) == [B, B, A]
 
 
+class PlainSfq:
+    """The fair queue's rules written plainly, in O(queued jobs) per call: start tags computed when
+    asked, the next job found by scanning. The fast queue (lazy re-tags, heap rebuilds, key heaps)
+    must serve exactly as this does."""
+
+    def __init__(self) -> None:
+        self.vtime = self.max_finish = 0.0
+        self.finish: dict[Flow, float] = {}
+        self.floor: dict[Flow, float] = {}
+        self.queued: dict[Flow, list[QueuedJob[None]]] = {}
+        self.weights: dict[Flow, float] = {}
+        self.charged: dict[int, tuple[QueuedJob[None], float]] = {}  # running job id -> (job, weight)
+        self.rate = SecondsPerUnit()
+
+    def _order(self, flow: Flow) -> tuple[int, int]:
+        tag = max(self.floor[flow], self.finish[flow])
+        return int(tag * 2**32), self.queued[flow][0].seq  # tags 2**-32 apart count as equal
+
+    def _new_head(self, flow: Flow) -> None:
+        self.floor[flow] = self.vtime
+
+    def _end_busy_period_if_empty(self) -> None:
+        if not any(self.queued.values()):
+            self.vtime = max(self.vtime, self.max_finish)
+
+    def submit(self, item: QueuedJob[None]) -> None:
+        self.finish.setdefault(item.flow, self.vtime)
+        line = self.queued.setdefault(item.flow, [])
+        line.append(item)
+        if len(line) == 1:
+            self._new_head(item.flow)
+
+    def take_batch(self, max_images: int) -> list[QueuedJob[None]]:
+        waiting = [flow for flow, line in self.queued.items() if line]
+        if not waiting:
+            return []
+        key = self.queued[min(waiting, key=self._order)][0].batch_key
+        batch: list[QueuedJob[None]] = []
+        room = max_images
+        while room > 0:
+            same_key = [flow for flow, line in self.queued.items() if line and line[0].batch_key == key]
+            if not same_key:
+                break
+            flow = min(same_key, key=self._order)
+            item = self.queued[flow][0]
+            if batch and item.images > room:
+                break
+            tag = max(self.floor[flow], self.finish[flow])
+            weight = self.weights.get(flow, 1.0)
+            self.queued[flow].pop(0)
+            self.vtime = max(self.vtime, tag)
+            self.finish[flow] = tag + item.work / weight
+            self.max_finish = max(self.max_finish, self.finish[flow])
+            self.floor[flow] = self.vtime
+            self.charged[item.id] = (item, weight)
+            batch.append(item)
+            room -= item.images
+        self._end_busy_period_if_empty()
+        return batch
+
+    def complete(self, ids: list[int], elapsed_s: float) -> None:
+        charges = [self.charged.pop(i) for i in ids if i in self.charged]
+        work = sum(item.work for item, _ in charges)
+        if self.rate.measured and self.rate.value > 0 and work > 0:
+            ratio = min(4.0, max(0.25, elapsed_s / (self.rate.value * work))) - 1
+            for item, weight in charges:
+                self.finish[item.flow] += item.work * ratio / weight
+                self.max_finish = max(self.max_finish, self.finish[item.flow])
+        self.rate.observe(elapsed_s, work)
+
+    def release(self, ids: list[int]) -> None:
+        for i in ids:
+            self.charged.pop(i, None)
+
+    def requeue_front(self, item: QueuedJob[None]) -> None:
+        self.queued.setdefault(item.flow, []).insert(0, item)
+        item_and_weight = self.charged.pop(item.id, None)
+        if item_and_weight:
+            self.finish[item.flow] -= item.work / item_and_weight[1]
+        self._new_head(item.flow)
+
+    def cancel(self, item: QueuedJob[None]) -> bool:
+        line = self.queued.get(item.flow, [])
+        if item not in line:
+            return False
+        was_head = line[0] is item
+        line.remove(item)
+        if was_head and line:
+            self._new_head(item.flow)
+        self._end_busy_period_if_empty()
+        return True
+
+
+def random_operations(seed: int, count: int = 1500) -> Iterator[tuple]:  # type: ignore[type-arg]
+    """A long random mix of every call, with measured times that move charges both ways."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        name = rng.choices(["submit", "take", "complete", "release", "requeue", "cancel", "weight"],
+                           weights=[40, 25, 20, 3, 3, 6, 3])[0]
+        if name == "submit":
+            yield name, rng.randrange(8), rng.choice([0.5, 1.0, 2.0, 3.0]), rng.randint(1, 4), rng.choice("KLM")
+        elif name == "take":
+            yield name, rng.randint(1, 4)
+        elif name == "complete":
+            yield name, rng.randrange(10), rng.uniform(0.0, 6.0)
+        elif name == "weight":
+            yield name, rng.randrange(8), rng.choice([0.5, 1.0, 3.0])
+        else:
+            yield name, rng.randrange(100)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_serves_exactly_as_plain_sfq_through_corrections_cancels_and_requeues(seed: int) -> None:
+    queue, plain = make_queue(), PlainSfq()
+    submitted: list[QueuedJob[None]] = []
+    running: list[list[QueuedJob[None]]] = []
+    for name, *args in random_operations(seed):
+        if name == "submit":
+            flow, work, images, key = args
+            item = job((0, flow), work, images=images, key=key)
+            queue.submit(item)
+            plain.submit(item)  # the same object: the queue has set its arrival seq
+            submitted.append(item)
+        elif name == "take":
+            batch = queue.take_batch(args[0])
+            assert [item.id for item in batch] == [item.id for item in plain.take_batch(args[0])]
+            if batch:
+                running.append(batch)
+        elif name in ("complete", "release", "requeue") and running:
+            batch = running.pop(args[0] % len(running))
+            ids = [item.id for item in batch]
+            if name == "complete":
+                queue.complete(ids, args[1])
+                plain.complete(ids, args[1])
+            elif name == "release":
+                queue.release(ids)
+                plain.release(ids)
+            else:
+                for item in reversed(batch):
+                    queue.requeue_front(item)
+                    plain.requeue_front(item)
+        elif name == "cancel" and submitted:
+            item = submitted[args[0] % len(submitted)]
+            assert queue.cancel(item.id) == plain.cancel(item)
+        elif name == "weight":
+            queue.set_weight((0, args[0]), args[1])
+            if args[1] == 1.0:
+                plain.weights.pop((0, args[0]), None)
+            else:
+                plain.weights[(0, args[0])] = args[1]
+        assert len(queue) == sum(len(line) for line in plain.queued.values())
+    while batch := queue.take_batch(4):  # and the rest of the queue in the same order
+        assert [item.id for item in batch] == [item.id for item in plain.take_batch(4)]
+    assert plain.take_batch(4) == []
+
+
 def test_memory_follows_queued_jobs() -> None:
     queue = make_queue()
     for user in range(2000):
@@ -270,7 +427,7 @@ def test_memory_follows_queued_jobs() -> None:
         taken = queue.take_batch(1)
         queue.complete([t.id for t in taken], 0.01)
     assert not queue._flows
-    assert not queue._tops and not queue._by_key and not queue._live
+    assert not queue._tops and not queue._by_key and not queue._slots
 
 
 # Batching
