@@ -25,12 +25,12 @@ Pure and synchronous: no I/O, no asyncio; the clock is injected.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Generic, TypeVar
 
 from generation.errors import QueueRefused
@@ -190,7 +190,6 @@ class FairQueue(Generic[T]):
         leads instead of a fair leader on another model, unless that leader's flow was already
         passed over last time: a model switch is put off by one batch at most."""
         tops, slots = self._tops, self._slots
-        heappop = heapq.heappop
         while True:
             if not tops:
                 return []
@@ -206,10 +205,11 @@ class FairQueue(Generic[T]):
                 self._passed_over, key = leader.key, preferred
         elif self._passed_over == leader.key:
             self._passed_over = None
-        heap = self._by_key[key]  # the leading entry is its top
+        by_key = self._by_key
+        heap = by_key[key]  # the leading entry is its top
         # Dequeue heads from the top of `heap`, charging each flow its estimated cost; inlined, with
         # locals for attributes and comparisons instead of max(), because this is the hot path.
-        heapreplace, heappush, weights, by_key = heapq.heapreplace, heapq.heappush, self._weights, self._by_key
+        weights = self._weights
         vtime, max_finish = self._vtime, self._max_finish
         running = _Batch(self._clock(), 0.0, 0)
         batch: list[QueuedJob[T]] = []
@@ -457,9 +457,9 @@ class FairQueue(Generic[T]):
         state.entry = entry
         heap = self._by_key[key]
         if heap[0] == old:
-            heapq.heapreplace(heap, entry)
+            heapreplace(heap, entry)
         else:
-            heapq.heappush(heap, entry)
+            heappush(heap, entry)
             self._outdated += 1
         self._settle_top(key)
 
@@ -516,7 +516,7 @@ class FairQueue(Generic[T]):
         heap = self._by_key.get(key)
         if heap is None:
             heap = self._by_key[key] = []
-        heapq.heappush(heap, entry)
+        heappush(heap, entry)
         self._settle_top(key)
 
     def _settle_top(self, key: Hashable) -> None:
@@ -525,7 +525,7 @@ class FairQueue(Generic[T]):
         if heap is None:
             return
         while heap and self._flow_of(heap[0]) is None:
-            heapq.heappop(heap)
+            heappop(heap)
         if heap:
             self._tops[key] = heap[0]
         else:
@@ -554,7 +554,7 @@ class FairQueue(Generic[T]):
             else:
                 heap.append(state.entry)
         for heap in by_key.values():
-            heapq.heapify(heap)
+            heapify(heap)
         self._by_key = by_key
         self._tops = {key: heap[0] for key, heap in by_key.items()}
         self._outdated = 0
@@ -565,7 +565,7 @@ class FairQueue(Generic[T]):
         if state.finish <= self._vtime:
             del self._flows[state.key]
         else:
-            heapq.heappush(self._idle, (state.finish, state.key))
+            heappush(self._idle, (state.finish, state.key))
 
     def _end_busy_period(self) -> None:
         """The backlog drained (SFQ's end of a busy period): nobody waits, so nobody is owed
@@ -580,7 +580,7 @@ class FairQueue(Generic[T]):
     def _forget_idle_flows(self) -> None:
         """Forget the idle flows virtual time has passed; done as jobs end, off the dequeue path."""
         while self._idle and self._idle[0][0] <= self._vtime:
-            _, flow = heapq.heappop(self._idle)
+            _, flow = heappop(self._idle)
             state = self._flows.get(flow)
             if state is not None:
                 self._forget_if_idle(state)
