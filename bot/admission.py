@@ -388,16 +388,20 @@ class Admission:
             return _first(await self.submit(
                 interaction, JobKind.DESCRIBE, [requests.describe_more(job)], source_path=source
             ))
+        # Suggestions and reused settings run where an /imagine without `model:` would: on this
+        # server's default model.
+        entry = await self.pick_model(interaction, None)
+        limits, native_size = self.limits_for(entry.name), self.model.native_size_of(entry)
         if action is Action.REUSE:
             made_with = await asyncio.to_thread(read_made_with, await asyncio.to_thread(source.read_bytes))
             if made_with is None:
                 raise UserError("This picture carries no generation settings to reuse.")
-            params = requests.reuse(self.limits, made_with, self.model.native_size)
+            params = requests.reuse(limits, made_with, native_size)
             return _first(await self.submit(interaction, JobKind.IMAGINE, [params]))
         suggestions = await self._store.suggestions(job.id)
         if number is None or not 1 <= number <= len(suggestions):
             raise UserError(f"/describe #{job_id} has no suggestion {number}.")
-        imagined = requests.from_suggestion(self.limits, job, suggestions[number - 1], self.model.native_size)
+        imagined = requests.from_suggestion(limits, job, suggestions[number - 1], native_size)
         return _first(await self.submit(interaction, JobKind.IMAGINE, imagined.jobs, notes=imagined.notes))
 
     async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:

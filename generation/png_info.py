@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from sd_parsers import ParserManager
 
-from generation.engine.png_metadata import read_record
+from generation.engine.png_metadata import model_name_of, read_record, sampler_of
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def read_made_with(data: bytes) -> MadeWith | None:
     if record is not None:
         return MadeWith(
             generator="sdbot", prompt=record.prompt, negative_prompt=record.negative_prompt, seed=record.seed,
-            steps=record.steps, guidance=record.guidance, sampler=record.scheduler, width=record.width,
-            height=record.height, model=record.model_id,
+            steps=record.steps, guidance=record.guidance, sampler=sampler_of(record), width=record.width,
+            height=record.height, model=model_name_of(record),
         )
     try:
         with Image.open(BytesIO(data)) as image:

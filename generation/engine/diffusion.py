@@ -359,25 +359,31 @@ class DiffusionEngine:
         """Caption jobs: prompt suggestions for each source picture (its first frame), no images."""
         if not self.config.describe_enabled:
             raise InvalidRequest("/describe is turned off on this bot (SDBOT_DESCRIBE_MODEL_ID=none)")
-        outputs = []
+        outputs: list[JobOutput] | None = None
         with self._lock:
             started = time.perf_counter()
             tokenizer = self._loaded_text2img().pipe.tokenizer
             if self._captioner is None:
                 self._captioner = Captioner(self.config.describe_model_id, self._device, self._dtype)
-            for params in batch:
-                with Image.open(BytesIO(params.source_image or b""), formats=SOURCE_FORMATS) as opened:
-                    picture = opened.convert("RGB")
-                captions = self._captioner.suggestions(
-                    picture,
-                    seed=params.seeds[0],
-                    sampled=params.steps,
-                    count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
-                    on_caption=on_step,
-                    should_stop=should_stop,
-                )
-                outputs.append(JobOutput(images=[], captions=captions))
+            try:
+                outputs = [
+                    JobOutput(images=[], captions=self._captioner.suggestions(
+                        _first_frame(params),
+                        seed=params.seeds[0],
+                        sampled=params.steps,
+                        count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
+                        on_caption=on_step,
+                        should_stop=should_stop,
+                    ))
+                    for params in batch
+                ]
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
             elapsed = time.perf_counter() - started
+        if outputs is None:  # out of memory; freed after the except block dropped its tensors
+            free_memory(self._device)
+            raise OutOfMemory(f"the {self._device.type} device ran out of memory describing a picture")
         self.last_timings = {"describe": elapsed, "total": elapsed}
         for output in outputs:
             output.elapsed_s = elapsed / len(batch)
@@ -762,3 +768,9 @@ def _set_vae_tiling(vae: Any, pixels: int) -> None:
 def _sampler(pipe: Any) -> dict[str, str]:
     """The scheduler's A1111 sampler name, for the PNG `parameters` text."""
     return {"sampler": a1111_sampler(type(pipe.scheduler).__name__, pipe.scheduler.config)}
+
+
+def _first_frame(params: GenerationParams) -> Image.Image:
+    """A caption job's picture: its (first) frame in RGB."""
+    with Image.open(BytesIO(params.source_image or b""), formats=SOURCE_FORMATS) as opened:
+        return opened.convert("RGB")

@@ -58,15 +58,26 @@ def a1111_sampler(scheduler: str, config: Mapping[str, Any]) -> str:
     return name
 
 
+def sampler_of(record: GenerationRecord) -> str:
+    """The record's sampler as A1111 names it (the engine stores the name with the scheduler's
+    config when it knows it)."""
+    return record.extra.get("sampler") or a1111_sampler(record.scheduler, {})
+
+
+def model_name_of(record: GenerationRecord) -> str:
+    """The catalogue name the job ran on, as A1111 names a checkpoint; the model id without one."""
+    return str(record.extra.get("model", record.model_id))
+
+
 def format_parameters(record: GenerationRecord) -> str:
     """The A1111 text: prompt, `Negative prompt: ...` line, then one line of settings."""
     settings = {
         "Steps": record.steps,
-        "Sampler": record.extra.get("sampler") or a1111_sampler(record.scheduler, {}),
+        "Sampler": sampler_of(record),
         "CFG scale": record.guidance,
         "Seed": record.seed,
         "Size": f"{record.width}x{record.height}",
-        "Model": record.extra.get("model", record.model_id),  # the catalogue name, as A1111 names a checkpoint
+        "Model": model_name_of(record),
         "Model hash": record.model_revision[:10],
     }
     if loras := record.extra.get("loras"):

@@ -23,11 +23,19 @@ from generation.jobs.image_files import image_path, write_file
 from generation.jobs.runners import BatchRunner
 from sdbot.settings import Settings
 from sdbot.store import Store
-from sdbot.types import GeneratedImage, GenerationParams, ImageRow, JobOutput, JobRow
+from sdbot.types import (
+    GeneratedImage,
+    GenerationParams,
+    ImageRow,
+    JobOutput,
+    JobRow,
+    PipelineKind,
+)
 
 log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY_REASON = "not enough GPU memory for this size; try a smaller size or fewer images"
+DESCRIBE_OUT_OF_MEMORY_REASON = "not enough GPU memory to describe it right now; try again in a while"
 _MAX_REASON_CHARS = 300
 # A lost runner is probed this often at first, backing off to the maximum.
 _PROBE_FIRST_S, _PROBE_MAX_S = 0.5, 30.0
@@ -304,7 +312,8 @@ class Worker:
             )
         except OutOfMemory:
             if len(live) == 1:
-                return {ids[0]: OUT_OF_MEMORY_REASON}
+                describing = live[0].params.pipeline is PipelineKind.CAPTION
+                return {ids[0]: DESCRIBE_OUT_OF_MEMORY_REASON if describing else OUT_OF_MEMORY_REASON}
             log.warning("%s: jobs %s do not fit together; splitting the batch", self.name, ids)
             half = len(live) // 2
             return await self._attempt(live[:half]) | await self._attempt(live[half:])

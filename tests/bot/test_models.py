@@ -4,12 +4,14 @@ and the fake Discord."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import read_record
@@ -162,6 +164,20 @@ async def test_moderators_choose_the_servers_default_model(harness: BotHarness) 
     reset = await fake.slash(fake.moderator, ["model", "default"])
     await reset.wait_original(timeout=10)
     assert fields(await imagine(harness))["Model"] == "tiny"
+
+
+async def test_describe_suggestions_run_on_the_servers_default_model(harness: BotHarness) -> None:
+    fake = harness.fake
+    chosen = await fake.slash(fake.moderator, ["model", "default"], name="tiny-xl")
+    await chosen.wait_original(timeout=10)
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 60)).save(picture, format="PNG")
+    described = await fake.slash(fake.member, "describe", image=fake.make_attachment(picture.getvalue(), "look.png"))
+    answer = await described.wait_original(lambda m: bool(m.embeds) and "Prompts" in m.embeds[0]["description"],
+                                           timeout=60)
+    click = await fake.click(fake.member, answer, answer.button(label="1")["custom_id"])
+    made = await click.wait_original(lambda m: bool(m.attachments), timeout=60)
+    assert fields(made)["Model"] == "tiny-xl"
 
 
 async def test_an_upscale_and_its_edits_keep_the_source_jobs_model(harness: BotHarness) -> None:

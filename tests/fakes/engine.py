@@ -195,7 +195,7 @@ def new_job(
         height=size,
         strength=0.5 if pipeline == PipelineKind.IMG2IMG else None,
     )
-    kind = JobKind.IMAGINE if pipeline == PipelineKind.TEXT2IMG else JobKind.VARIATION
+    kind = {PipelineKind.TEXT2IMG: JobKind.IMAGINE, PipelineKind.CAPTION: JobKind.DESCRIBE}.get(pipeline, JobKind.VARIATION)
     return NewJob(kind=kind, guild_id=guild_id, channel_id=5, user_id=user_id, params=params,
                   model_id="fake/model", **extra)
 

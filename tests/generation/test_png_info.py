@@ -31,8 +31,8 @@ def test_sdbots_own_record_is_read_exactly() -> None:
     made_with = read_made_with(encode_png(Image.new("RGB", (64, 48)), record))
     assert made_with == MadeWith(
         generator="sdbot", prompt="a (red:1.2) fox, snow", negative_prompt="blur", seed=4294967295, steps=3,
-        guidance=1.5, sampler="EulerDiscreteScheduler", width=64, height=48, model="stabilityai/sd-turbo",
-    )
+        guidance=1.5, sampler="Euler", width=64, height=48, model="stabilityai/sd-turbo",
+    )  # the sampler as A1111 names it, as in the PNG's `parameters`
 
 
 def test_automatic1111_parameters() -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 from PIL import Image
 
 from generation import requests
+from generation.engine.describe import Captioner
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.tiny_models import TinyModelPaths
-from generation.errors import Cancelled, InvalidRequest
+from generation.errors import Cancelled, InvalidRequest, OutOfMemory
 from generation.requests import RequestLimits
 from sdbot.types import GenerationParams
 
@@ -49,3 +51,14 @@ def test_describe_off_is_refused(tiny_models: TinyModelPaths) -> None:
     engine = DiffusionEngine(tiny_models.engine_config(describe_model_id="none"))
     with pytest.raises(InvalidRequest, match="turned off"):
         engine.run_batch([caption_job(tiny_models)], lambda *_: None, lambda: False)
+
+
+def test_running_out_of_memory_while_describing_is_named(
+    tiny_engine: DiffusionEngine, tiny_models: TinyModelPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(Captioner, "suggestions", exhausted)
+    with pytest.raises(OutOfMemory, match="ran out of memory describing a picture"):
+        tiny_engine.run_batch([caption_job(tiny_models)], lambda *_: None, lambda: False)

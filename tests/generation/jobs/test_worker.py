@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from generation.jobs.scheduler import batch_key
-from generation.jobs.worker import OUT_OF_MEMORY_REASON
+from generation.jobs.worker import DESCRIBE_OUT_OF_MEMORY_REASON, OUT_OF_MEMORY_REASON
 from sdbot.store import Store
 from sdbot.types import JobOutput, JobRow, JobStatus, PipelineKind
 from tests.fakes.engine import (
@@ -137,6 +137,15 @@ async def test_out_of_memory_splits_the_batch_and_fails_what_never_fits(store: S
     assert [listener.status(job_id) for job_id in small] == ["done"] * 3
     assert listener.status(big) == "failed"
     assert listener.finished[big][0].status_reason == OUT_OF_MEMORY_REASON
+
+
+async def test_a_describe_that_runs_out_of_memory_says_so_in_its_own_words(store: Store, tmp_path: Path) -> None:
+    engine = FakeEngine(oom_above_images=-1)  # nothing fits
+    async with running_scheduler(store, make_settings(tmp_path), engine) as (scheduler, listener):
+        described = (await scheduler.submit(new_job(1, pipeline=PipelineKind.CAPTION))).job.id
+        await listener.wait_finished(described)
+    assert listener.status(described) == "failed"
+    assert listener.finished[described][0].status_reason == DESCRIBE_OUT_OF_MEMORY_REASON
 
 
 async def test_a_lost_runner_costs_only_the_unfinished_pieces_of_a_split_batch(store: Store, tmp_path: Path) -> None:
