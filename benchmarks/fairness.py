@@ -11,8 +11,10 @@
      fairness index of the work each of the four received while all four were backlogged (1.0:
      equal shares; 0.25: one user got everything).
 2. The queue data structure with 100,000 jobs from 10,000 users: microseconds per enqueue,
-   dequeue (take_batch), completion and cancel. Garbage collection is off while timing and each
-   figure is the lowest of `--rounds` rounds (as timeit does): other work on the machine only adds.
+   dequeue (take_batch(4): one to four jobs), dequeue per job taken, completion and cancel, and a
+   fixed loop timed the same way, whose p99 over its mean shows the machine's own spread. Garbage
+   collection is off while timing and each figure is the lowest of `--rounds` rounds (as timeit
+   does): other work on the machine only adds.
 3. A 10 ms ticker's lag on the event loop while the scheduler runs the tiny random-weight pipeline
    (generation.engine.tiny_models) on its engine thread.
 """

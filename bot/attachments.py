@@ -16,6 +16,8 @@ from generation.requests import SOURCE_FORMATS
 
 MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
+# The file name endings of those formats (".png", ".jpg", ".jpeg"...), as Pillow registers them.
+ACCEPTED_SUFFIXES = tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in ACCEPTED_FORMATS))
 
 
 async def save_upload(

@@ -9,17 +9,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.attachments import ACCEPTED_SUFFIXES
 from bot.client import SDBot
 from bot.errors import UserError
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 
 def first_picture(message: discord.Message) -> discord.Attachment:
     """The message's first attachment that is a picture, or a refusal that says what to do."""
     for attachment in message.attachments:
         is_image = (attachment.content_type or "").startswith("image/")
-        if is_image or attachment.filename.lower().endswith(_IMAGE_SUFFIXES):
+        if is_image or attachment.filename.lower().endswith(ACCEPTED_SUFFIXES):
             return attachment
     raise UserError("That message has no picture attached; use “Describe image” on a message with one.")
 
