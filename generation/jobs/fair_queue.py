@@ -87,8 +87,11 @@ class _FlowState(Generic[T]):
     in_service: int = 0
 
 
-@dataclass(eq=False, slots=True)
 class _Batch:
+    """Jobs taken together: when, their estimated work, and how many are not yet settled. No
+    __init__, so making one on the dequeue path costs no Python call."""
+
+    __slots__ = ("open_jobs", "started", "work")
     started: float
     work: float
     open_jobs: int
@@ -211,7 +214,8 @@ class FairQueue(Generic[T]):
         # locals for attributes and comparisons instead of max(), because this is the hot path.
         weights = self._weights
         vtime, max_finish = self._vtime, self._max_finish
-        running = _Batch(self._clock(), 0.0, 0)
+        running = _Batch()
+        running.started = self._clock()
         batch: list[QueuedJob[T]] = []
         work = 0.0
         room = max_images
