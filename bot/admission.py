@@ -12,6 +12,7 @@ import asyncio
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,11 +420,30 @@ class Admission:
             await self._store.audit(job.guild_id, interaction.user.id, "job.cancel", job.user_id, {"job_id": job_id})
         await interaction.response.send_message(f"Cancelled job #{job_id}; its images were refunded.", ephemeral=True)
 
+    async def delete_result(self, interaction: discord.Interaction, job_id: int) -> None:
+        """The 🗑️ under a result: the message goes, for the member who asked for it or a moderator.
+        The job's record stays, so /job and /reroll still know its prompt and seeds."""
+        job = await self.find_job(interaction, job_id)
+        is_owner = job.user_id == interaction.user.id
+        if not (is_owner or is_moderator(interaction.user)):
+            raise UserError(
+                f"The result of job #{job_id} belongs to someone else; only they or a moderator can delete it."
+            )
+        assert interaction.message is not None  # a button is always on a message
+        with suppress(discord.NotFound):  # pressed twice: the first press deleted it
+            await interaction.message.delete()
+        if not is_owner:
+            await self._store.audit(job.guild_id, interaction.user.id, "result.delete", job.user_id, {"job_id": job_id})
+        await interaction.response.send_message(f"Deleted the result of job #{job_id}.", ephemeral=True)
+
     async def press(self, interaction: discord.Interaction, action: Action, job_id: int, number: int | None) -> None:
         """A result or queue button: a new job for whoever pressed it, with the same checks. A second
         press of the same button by the same member within PRESS_WINDOW_S makes no second job."""
         if action == Action.CANCEL:
             await self.cancel(interaction, job_id)
+            return
+        if action == Action.DELETE:
+            await self.delete_result(interaction, job_id)
             return
         if await self._opens_modal(interaction, action):
             # Nothing is queued yet: the modal's submit makes the job (and is checked then).

@@ -19,6 +19,7 @@ class Action(StrEnum):
     VARY = "vary"
     REROLL = "reroll"
     CANCEL = "cancel"
+    DELETE = "delete"  # the result message, for its owner or a moderator
     # Under a /describe answer: imagine suggestion n, four more suggestions, the picture's settings.
     PROMPT = "prompt"
     DESCRIBE = "describe"
@@ -43,6 +44,7 @@ _STYLE = {
 _FIXED_LABELS = {
     Action.REROLL: "🔄 Reroll",
     Action.CANCEL: "Cancel",
+    Action.DELETE: "🗑️",
     Action.DESCRIBE: "🔄",
     Action.REUSE: "Reuse these settings",
     Action.VARY_SUBTLE: "Vary (Subtle)",
@@ -105,14 +107,15 @@ class JobButton(
 
 
 def result_view(job: JobRow, posted: list[ImageRow]) -> discord.ui.View:
-    """U and V buttons for every posted image (none for withheld ones), and reroll; under an
-    upscaled image, the editing rows too."""
+    """U and V buttons for every posted image (none for withheld ones), reroll and delete; under
+    an upscaled image, the editing rows too."""
     view = discord.ui.View(timeout=None)
     for image in posted:
         view.add_item(JobButton(Action.UPSCALE, job.id, image.idx + 1, row=0))
     for image in posted:
         view.add_item(JobButton(Action.VARY, job.id, image.idx + 1, row=1))
     view.add_item(JobButton(Action.REROLL, job.id, row=1 if posted else 0))
+    view.add_item(JobButton(Action.DELETE, job.id, row=0))  # at most four U beside it
     if job.pipeline is PipelineKind.UPSCALE and len(posted) == 1:
         for row, actions in enumerate(EDIT_ROWS, start=2):
             for action in actions:

@@ -111,7 +111,8 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily imag
         )
 
     @app_commands.command(
-        name="log", description="Recent moderator changes: quotas, shares, cancels, NSFW (Manage Server)"
+        name="log",
+        description="Recent moderator changes: quotas, shares, cancels, deleted results, NSFW (Manage Server)",
     )
     @app_commands.checks.has_permissions(manage_guild=True)
     async def audit_log(self, interaction: discord.Interaction) -> None:

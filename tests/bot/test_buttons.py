@@ -168,3 +168,31 @@ async def test_a_double_click_makes_one_job(harness: BotHarness) -> None:
     jobs = await store.recent_jobs(fake.guild.id, fake.member.id)
     assert len(jobs) == 4  # the imagine and one job per button
     assert (await store.quota(fake.guild.id, fake.member.id)).used == 1 + 4 + 1 + 1
+
+
+async def test_delete_button_removes_the_result_for_its_owner_and_keeps_the_record(harness: BotHarness) -> None:
+    fake = harness.fake
+    result = await _imagine(harness, count=1, seed=8)
+    job_id = int(result.attachments[0].filename.split("-")[1])
+    click = await fake.click(fake.member, result, result.button(label="🗑️")["custom_id"])
+    await click.wait_response()
+    assert click.ephemeral and f"Deleted the result of job #{job_id}" in click.content
+    assert result.deleted
+    assert harness.store is not None and await harness.store.get_job(job_id) is not None
+    assert await harness.store.audit_entries(fake.guild.id) == []  # an owner's own delete is not moderation
+
+
+async def test_only_the_owner_or_a_moderator_deletes_a_result(harness: BotHarness) -> None:
+    fake = harness.fake
+    result = await _imagine(harness, count=1, seed=9)
+    delete = result.button(label="🗑️")["custom_id"]
+    refused = await fake.click(fake.add_member("stranger"), result, delete)
+    await refused.wait_response()
+    assert refused.ephemeral and "belongs to someone else" in refused.content
+    assert not result.deleted
+    removed = await fake.click(fake.moderator, result, delete)
+    await removed.wait_response()
+    assert result.deleted
+    assert harness.store is not None
+    [entry] = await harness.store.audit_entries(fake.guild.id)
+    assert (entry.action, entry.target_user_id) == ("result.delete", fake.member.id)

@@ -19,7 +19,7 @@ async def test_flagged_images_are_withheld_in_an_ordinary_channel(
     assert result.attachments == []
     withheld = next(f for f in result.embeds[0]["fields"] if f["name"] == "Withheld")
     assert "1, 2" in withheld["value"] and "safety checker" in withheld["value"]
-    assert [b["label"] for b in result.buttons] == ["🔄 Reroll"]  # no U/V for withheld images
+    assert [b["label"] for b in result.buttons] == ["🔄 Reroll", "🗑️"]  # no U/V for withheld images
     [job] = await harness.store.recent_jobs(fake.guild.id, fake.member.id)  # type: ignore[union-attr]
     images = await harness.store.images(job.id)  # type: ignore[union-attr]
     assert all(image.flagged and image.path is None for image in images)

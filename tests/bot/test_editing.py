@@ -61,7 +61,7 @@ def _kept(job: JobRow, source: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 async def test_only_an_upscaled_image_gets_the_editing_row(harness: BotHarness) -> None:
     upscaled = await _upscaled(harness)
     labels = [button["label"] for button in upscaled.buttons]
-    assert labels == ["U1", "V1", "🔄 Reroll", *EDIT_LABELS]
+    assert labels == ["U1", "🗑️", "V1", "🔄 Reroll", *EDIT_LABELS]
     fake = harness.fake
     handle = await fake.slash(fake.member, "imagine", prompt="a grid", count=2, seed=3)
     grid = await handle.wait_original(lambda m: bool(m.attachments), timeout=30)

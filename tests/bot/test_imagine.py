@@ -15,7 +15,7 @@ async def test_imagine_posts_four_images_with_buttons(harness: BotHarness) -> No
     assert names == [f"sdbot-1-{n}-{7 + n - 1}.png" for n in range(1, 5)]
     assert all(a.image().size == (64, 64) for a in result.attachments)
     labels = [b["label"] for b in result.buttons]
-    assert labels == ["U1", "U2", "U3", "U4", "V1", "V2", "V3", "V4", "🔄 Reroll"]
+    assert labels == ["U1", "U2", "U3", "U4", "🗑️", "V1", "V2", "V3", "V4", "🔄 Reroll"]
     embed = result.embeds[0]
     assert "a lighthouse at dusk" in embed["description"]
     assert "`7`" in next(f["value"] for f in embed["fields"] if f["name"] == "Seeds")
