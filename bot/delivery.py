@@ -366,10 +366,11 @@ class Delivery:
             files.append(discord.File(io.BytesIO(data), filename=filename, spoiler=image.flagged))
         warnings = output.warnings if output is not None else []
         content = f"<@{job.user_id}>" + _small_print([*self._notes.get(job.id, ()), *warnings])
+        source = await self._store.get_job(job.source_job_id) if job.source_job_id is not None else None
         return await self._post(
             job,
             content=render.clip(content, 2000),
-            embed=render.result_embed(job, posted, withheld),
+            embed=render.result_embed(job, posted, withheld, source),
             files=files,
             view=result_view(job, posted),
         )

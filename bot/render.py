@@ -96,7 +96,26 @@ def ended_text(job: JobRow) -> str:
     return f"⚠️ {describe(job)} failed: {job.status_reason}. {refund}; use {again} to try again."
 
 
-def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) -> discord.Embed:
+def message_link(job: JobRow) -> str | None:
+    """A link that opens the message with the job's result, once it is posted."""
+    if job.result_message_id is None:
+        return None
+    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.result_message_id}"
+
+
+def _add_source(embed: discord.Embed, job: JobRow, source: JobRow | None) -> None:
+    """Which image a variation, upscale or edit was made from, linked to its message if posted."""
+    if job.source_job_id is None:
+        return
+    text = f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}"
+    link = message_link(source) if source is not None else None
+    embed.add_field(name="From", value=f"[{text}]({link})" if link else text)
+
+
+def result_embed(
+    job: JobRow, images: list[ImageRow], withheld: list[ImageRow], source: JobRow | None = None
+) -> discord.Embed:
+    """A posted result; `source` is the job it was made from, if any."""
     embed = discord.Embed(
         title=clip(describe(job), 256),
         description=clip(job.prompt, 4000) if job.prompt else None,
@@ -112,8 +131,7 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
     embed.add_field(name="Guidance", value=f"{job.guidance:g}")
     if job.strength is not None:
         embed.add_field(name="Strength", value=f"{job.strength:g}")
-    if job.source_job_id is not None:
-        embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
+    _add_source(embed, job, source)
     embed.add_field(name="Model", value=clip(job.model or job.model_id, 1024))
     if job.loras:
         embed.add_field(name="LoRA", value=clip(lora_text(job.loras), 1024))
@@ -127,10 +145,12 @@ def result_embed(job: JobRow, images: list[ImageRow], withheld: list[ImageRow]) 
     return embed
 
 
-def record_embed(job: JobRow, images: list[ImageRow], chunks: list[int] | None = None) -> discord.Embed:
+def record_embed(
+    job: JobRow, images: list[ImageRow], chunks: list[int] | None = None, source: JobRow | None = None
+) -> discord.Embed:
     """The full reproducibility record of a job, for /job: the prompt as run (styles applied, flags
     taken out), as typed when that differs, and the tokens of each 75-token chunk the text encoder
-    read, when the model could tell."""
+    read, when the model could tell; links to its result and to the result it was made from."""
     embed = discord.Embed(title=clip(describe(job), 256), colour=EMBED_COLOUR)
     embed.description = clip(job.prompt, 2000) if job.prompt else None
     if job.typed_prompt is not None and job.typed_prompt != job.prompt:
@@ -179,8 +199,9 @@ def record_embed(job: JobRow, images: list[ImageRow], chunks: list[int] | None =
             value=clip(" · ".join(f"{name} {version}" for name, version in versions.items()), 1024),
             inline=False,
         )
-    if job.source_job_id is not None:
-        embed.add_field(name="From", value=f"job #{job.source_job_id}, image {(job.source_index or 0) + 1}")
+    _add_source(embed, job, source)
+    if (link := message_link(job)) is not None:
+        embed.add_field(name="Posted", value=f"[go to the result]({link})")
     pruned = [image for image in images if image.pruned_at is not None]
     if pruned:
         numbers = ", ".join(str(image.idx + 1) for image in pruned)

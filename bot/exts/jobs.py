@@ -27,7 +27,10 @@ class Jobs(commands.Cog):
         images = await self.bot.store.images(found.id)
         reading = self.bot.admission.prompt_reading(found)
         chunks = reading.chunk_tokens if reading else None
-        await interaction.response.send_message(embed=render.record_embed(found, images, chunks), ephemeral=True)
+        source = await self.bot.store.get_job(found.source_job_id) if found.source_job_id is not None else None
+        await interaction.response.send_message(
+            embed=render.record_embed(found, images, chunks, source), ephemeral=True
+        )
 
     @app_commands.command(description="Your recent jobs (moderators: anyone's)")
     @app_commands.guild_only()

@@ -23,7 +23,9 @@ async def test_upscale_button_doubles_the_image(harness: BotHarness) -> None:
     click = await fake.click(fake.moderator, result, result.button(label="U2")["custom_id"])
     upscaled = await click.wait_original(lambda m: bool(m.attachments), timeout=30)
     assert [a.image().size for a in upscaled.attachments] == [(128, 128)]
-    assert "From" in {f["name"] for f in upscaled.embeds[0]["fields"]}
+    # It names its source and links to the message it came from.
+    source_field = {f["name"]: f["value"] for f in upscaled.embeds[0]["fields"]}["From"]
+    assert source_field.endswith(f"/channels/{fake.guild.id}/{result.channel_id}/{result.id})")
     # The presser pays: the moderator's quota, not the member's.
     store = harness.store
     assert store is not None

@@ -136,6 +136,9 @@ async def test_job_shows_an_edit_and_reroll_reproduces_it_after_a_restart(
     await shown.wait_response()
     fields = {field["name"]: field["value"] for field in shown.embeds[0]["fields"]}
     assert fields["Edit"].startswith("Pan down: source at 0,0 as 128×128 on a 128×192 canvas")
+    # Links to where it was posted and to the upscale it was made from, also after the restart.
+    assert fields["Posted"].endswith(f"/{panned.channel_id}/{panned.id})")
+    assert fields["From"].endswith(f"/{upscaled.channel_id}/{upscaled.id})")
     rerolled = await fake.slash(fake.member, "reroll", job=job.id, seed=job.seeds[2])
     again = await rerolled.wait_original(lambda m: bool(m.attachments), timeout=60)
     assert np.abs(_pixels(again.attachments[0].image()) - _pixels(panned.attachments[2].image())).max() <= 2
