@@ -170,6 +170,16 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
     return merged or [("", 1.0)]
 
 
+def plain_text(text: str) -> tuple[str, bool]:
+    """The prompt's words without A1111 emphasis, weights and `BREAK` (for text encoders that take
+    no weights, as FLUX's T5), and whether there was any to drop. Raises PromptSyntaxError as
+    `parse_weights` does."""
+    fragments = parse_weights(text)
+    weighted = any(weight != 1.0 for _, weight in fragments)
+    words = "".join(", " if is_break((piece, weight)) else piece for piece, weight in fragments)
+    return re.sub(r"\s+,", ",", " ".join(words.split())).strip(", "), weighted
+
+
 def _refuse_scheduling(text: str, opened: _Open, end: int) -> None:
     """`[a|b]` alternates words each step and `[a:b:0.5]`, `[a:0.5]`, `[a::0.5]` switch words at a
     step: both change the prompt during sampling, which one embedding per image cannot do."""

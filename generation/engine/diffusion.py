@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ import torch
 import transformers
 from PIL import Image
 
+from generation.catalogue import family_of
 from generation.engine.buckets import bucket_for, pad_per_image
 from generation.engine.config import EngineConfig
 from generation.engine.describe import Captioner
@@ -67,7 +69,7 @@ from generation.engine.prompt_embeds import (
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
-from generation.prompt_syntax import PromptSyntaxError
+from generation.prompt_syntax import PromptSyntaxError, plain_text
 from generation.requests import SOURCE_FORMATS
 from sdbot.types import (
     Edit,
@@ -84,7 +86,12 @@ log = logging.getLogger(__name__)
 VERSIONS = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 # Above this many output pixels the VAE decodes in tiles, so big images do not need big memory.
 VAE_TILING_PIXELS = 1024 * 1024
-
+# What a member is told when FLUX (T5 and CLIP read as plain text, no classifier-free guidance)
+# cannot do what they asked.
+FLUX_NO_WEIGHTS = "weights, ( ) [ ] and BREAK are not applied on FLUX models: the prompt was read as plain words"
+FLUX_NO_NEGATIVE = "FLUX models take no negative prompt: it was ignored (say what you want in the prompt instead)"
+FLUX_NO_GUIDANCE = "this FLUX model has no guidance input (like FLUX.1-schnell): the guidance setting had no effect"
+FLUX_NO_TILE = "seamless tiling (--tile) works on SD and SDXL models only: this FLUX image was made without it"
 
 
 def effective_steps(steps: int, strength: float) -> int:
@@ -230,9 +237,12 @@ class DiffusionEngine:
 
     @property
     def native_size(self) -> int:
-        """The side the model was trained at (512 for SD 1.x/2.x-base and sd-turbo)."""
+        """The side the model was trained at (512 for SD 1.x/2.x-base and sd-turbo; a transformer
+        model's default, 1024 for FLUX)."""
         pipe = self._loaded_text2img().pipe
-        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        unet = getattr(pipe, "unet", None)
+        sample_size = pipe.default_sample_size if unet is None else unet.config.sample_size
+        return int(sample_size * pipe.vae_scale_factor)
 
     def token_counter(self) -> Callable[[str], int]:
         """A1111's token count of a prompt (raises PromptSyntaxError for refused syntax), for
@@ -445,8 +455,27 @@ class DiffusionEngine:
                     f"steps raised from {params.steps} to {steps} so that strength {params.strength:g} "
                     "leaves at least one denoising step"
                 )
-        if params.negative_prompt and params.guidance <= 1.0:
+        if self._runs_flux(params):
+            job.warnings += self._flux_warnings(params)
+        elif params.negative_prompt and params.guidance <= 1.0:
             job.warnings.append("the negative prompt has no effect at a guidance (CFG scale) of 1 or less")
+
+    def _runs_flux(self, params: GenerationParams) -> bool:
+        """Whether the job runs on a FLUX pipeline (an edit may run on SDBOT_INPAINT_MODEL_ID's)."""
+        if params.edit is not None and self.config.inpaint_model_id:
+            return False
+        return family_of(type(self._loaded_text2img().pipe).__name__) == "flux"
+
+    def _flux_warnings(self, params: GenerationParams) -> list[str]:
+        """What FLUX leaves out of a request (weights are told where the prompt is read, in _prompts)."""
+        transformer = self._loaded_text2img().pipe.transformer
+        return [
+            warning for warning, applies in (
+                (FLUX_NO_NEGATIVE, bool(params.negative_prompt)),
+                (FLUX_NO_GUIDANCE, params.guidance > 1.0 and not transformer.config.guidance_embeds),
+                (FLUX_NO_TILE, params.tile),
+            ) if applies
+        ]
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -509,6 +538,8 @@ class DiffusionEngine:
             shape_args = {"strength": params.strength}
             if params.edit is None:
                 shape_args["image"] = _per_image(jobs, _source)
+                if "width" in inspect.signature(pipe.__call__).parameters:  # FLUX's, else its default size
+                    shape_args |= {"width": params.width, "height": params.height}
             else:
                 edits = _per_image(jobs, lambda job: prepare(_source(job), _edit(job), params.width, params.height))
                 shape_args |= {
@@ -529,7 +560,8 @@ class DiffusionEngine:
             step, total = index + 1, pipe.num_timesteps
             on_step(step, total)
             if previews is not None and on_preview is not None and previews.due(step, total):
-                if (made := _preview(previews, tensors["latents"], counts)) is not None:
+                latents = _spatial(pipe, tensors["latents"], params)
+                if (made := _preview(previews, latents, counts)) is not None:
                     on_preview(step, total, made)
             if should_stop():
                 raise _Stop
@@ -543,8 +575,10 @@ class DiffusionEngine:
         count = len(per_image["generator"])
         # A compiled graph is built per batch size: pad to its bucket, drop the padding after.
         bucket = bucket_for(count) if loaded.fast_path.compiled else count
-        # Set for every batch, never left on: text2img and img2img share the UNet and VAE.
-        set_seamless(pipe, params.tile)
+        # Set for every batch, never left on: text2img and img2img share the UNet and VAE. A
+        # transformer has no convolutions to wrap around (FLUX's warning says so).
+        tile = params.tile and hasattr(pipe, "unet")
+        set_seamless(pipe, tile)
         try:
             images = pipe(
                 num_inference_steps=steps,
@@ -557,7 +591,7 @@ class DiffusionEngine:
             set_seamless(pipe, False)
         if edits:  # the kept pixels come from the canvas, not from the VAE's round trip
             images = [item.finish(image) for item, image in zip(edits, images, strict=True)]
-        extra = {**_sampler(pipe), **({"tile": True} if params.tile else {})}
+        extra = {**_sampler(pipe), **({"tile": True} if tile else {})}
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
 
     def _prompts(self, pipe: Any, jobs: Sequence[_Job]) -> dict[str, Any]:
@@ -567,6 +601,8 @@ class DiffusionEngine:
         if getattr(pipe, "text_encoder_2", None) is None:
             prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
             return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+        if family_of(type(pipe).__name__) == "flux":
+            return {"prompt": _per_image(jobs, _flux_prompt)}
         texts = {"prompt": _per_image(jobs, lambda job: job.params.prompt)}
         if jobs[0].params.guidance > 1.0:
             texts["negative_prompt"] = _per_image(jobs, lambda job: job.params.negative_prompt)
@@ -725,6 +761,24 @@ def _preview(previews: PreviewMaker, latents: torch.Tensor, counts: list[int]) -
     except Exception as error:  # noqa: BLE001 - e.g. latents this decoder cannot read
         log.warning("live preview failed (%s: %s); the job goes on without it", type(error).__name__, error)
         return None
+
+
+def _flux_prompt(job: _Job) -> str:
+    """FLUX's prompt: T5 takes no A1111 weights, so their words alone (the member is told once)."""
+    try:
+        text, weighted = plain_text(job.params.prompt)
+    except PromptSyntaxError as error:
+        raise InvalidRequest(str(error)) from None
+    if weighted and FLUX_NO_WEIGHTS not in job.warnings:
+        job.warnings.append(FLUX_NO_WEIGHTS)
+    return text
+
+
+def _spatial(pipe: Any, latents: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    """Latents as (batch, channels, height, width): FLUX packs 2x2 patches into (batch, tokens, 64)."""
+    if latents.ndim != 3:
+        return latents
+    return type(pipe)._unpack_latents(latents, params.height, params.width, pipe.vae_scale_factor)
 
 
 def _source(job: _Job) -> Image.Image:

@@ -43,6 +43,7 @@ _A1111_SAMPLERS = {
     "UniPCMultistepScheduler": "UniPC",
     "LCMScheduler": "LCM",
     "DDPMScheduler": "DDPM",
+    "FlowMatchEulerDiscreteScheduler": "Euler",  # FLUX and SD3: Forge and ComfyUI call it Euler too
 }
 _FLOAT_KEYS = frozenset({"cfg_scale", "denoising_strength"})
 

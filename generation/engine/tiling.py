@@ -19,7 +19,8 @@ _ORIGINAL = "_sdbot_padding_mode"
 def _convolutions(pipe: Any) -> list[torch.nn.Conv2d]:
     return [
         module
-        for model in (pipe.unet, pipe.vae)
+        for model in (getattr(pipe, "unet", None), pipe.vae)  # a transformer (FLUX) has no UNet
+        if model is not None
         for module in model.modules()
         if isinstance(module, torch.nn.Conv2d)
     ]

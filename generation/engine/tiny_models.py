@@ -6,12 +6,14 @@ tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSa
 `CLIPImageProcessor`, a x2 latent upscaler pipeline, an inpainting pipeline (9-channel UNet), a TAESD
 (`AutoencoderTiny`) for live previews, a Florence-2 captioner for /describe (its captions are
 gibberish), and for the model catalogue a tiny SDXL pipeline (two text encoders, micro-conditioning),
-a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
+a tiny FLUX pipeline (transformer on packed 16-channel latents, CLIP and T5 encoders, flow-matching
+scheduler) with its 16-channel TAESD (as madebyollin/taef1), a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
 The tokenizer is built in code: every byte is a token and there are no merges, so prompts cost about
-one token per character (a real CLIP tokenizer needs roughly one per word).
+one token per character (a real CLIP tokenizer needs roughly one per word). FLUX's T5 tokenizer is
+a character-level Unigram model built the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from diffusers import (
     AutoencoderKL,
     AutoencoderTiny,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
@@ -50,6 +55,9 @@ from transformers import (
     Florence2ForConditionalGeneration,
     Florence2Processor,
     Florence2VisionConfig,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -169,13 +177,24 @@ class TinyModelPaths:
         return self.pipeline.parent / "pipeline-sdxl"
 
     @property
+    def flux(self) -> Path:
+        """A tiny FLUX pipeline."""
+        return self.pipeline.parent / "pipeline-flux"
+
+    @property
+    def flux_preview_decoder(self) -> Path:
+        """A TAESD for `flux`'s 16 latent channels (what madebyollin/taef1 is for FLUX)."""
+        return self.pipeline.parent / "preview-decoder-flux"
+
+    @property
     def lora(self) -> Path:
         """A LoRA (.safetensors) for `pipeline`."""
         return self.pipeline.parent / "lora" / "tiny-ink.safetensors"
 
     @property
     def models_file(self) -> Path:
-        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl) and the LoRA tiny-ink."""
+        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), tiny-flux (flux) and the
+        LoRA tiny-ink."""
         return self.pipeline.parent / "models.toml"
 
     def settings(self, **overrides: Any) -> Settings:
@@ -216,11 +235,14 @@ def make_tiny_models(
     make_describer(paths.describer)
     _inpaint_pipeline().save_pretrained(paths.inpaint)
     _sdxl_pipeline().save_pretrained(paths.sdxl)
+    _flux_pipeline().save_pretrained(paths.flux)
+    AutoencoderTiny(latent_channels=16, **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.flux_preview_decoder)
     make_lora(text2img.unet, paths.lora)
     paths.models_file.write_text(_MODELS_TOML.format(
         # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
+        flux=json.dumps(str(paths.flux.resolve())),
         lora=json.dumps(str(paths.lora.resolve())),
     ), "utf-8")
     return paths
@@ -274,6 +296,13 @@ size = 64
 model_id = {sdxl}
 description = "tiny SDXL test model"
 steps = 2
+size = 64
+
+[models.tiny-flux]
+model_id = {flux}
+description = "tiny FLUX test model"
+steps = 2
+guidance = 0.0
 size = 64
 
 [loras.tiny-ink]
@@ -397,6 +426,43 @@ def _sdxl_pipeline() -> StableDiffusionXLPipeline:
         tokenizer_2=byte_tokenizer(),
         unet=unet,
         scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+    )
+
+
+def t5_tokenizer() -> T5TokenizerFast:
+    # T5's layout (pad 0, end of text 1, unknown 2) with one piece per printable ASCII character,
+    # alone or starting a word ("▁" marks a word start, as in SentencePiece).
+    characters = [chr(code) for code in range(33, 127)]
+    pieces = ["▁", *characters, *("▁" + character for character in characters)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *((piece, -1.0) for piece in pieces)]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _flux_pipeline() -> FluxPipeline:
+    # FLUX.1's layout scaled down (as in diffusers' own tests): a transformer reading 2x2 patches of
+    # 16-channel latents (16 * 4 = 64 inputs), CLIP's pooled output (32) and T5's hidden states (32);
+    # a VAE with FLUX's 16 channels, scale and shift, scale factor 2 like the SD test model.
+    text = _text_config("tiny")
+    text.projection_dim = 32
+    tokenizer_2 = t5_tokenizer()
+    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=0.3611, shift_factor=0.1159, **_SHAPES["tiny"]["vae"],
+    )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),  # as FLUX.1-schnell
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=byte_tokenizer(),
+        text_encoder_2=T5EncoderModel(t5),
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
     )
 
 
