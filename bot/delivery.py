@@ -365,7 +365,8 @@ class Delivery:
             filename = f"sdbot-{job.id}-{image.idx + 1}-{image.seed}.{image.format or 'png'}"
             files.append(discord.File(io.BytesIO(data), filename=filename, spoiler=image.flagged))
         warnings = output.warnings if output is not None else []
-        content = f"<@{job.user_id}>" + _small_print([*self._notes.get(job.id, ()), *warnings])
+        # The engine repeats on the result what the queued reply noted (FLUX's limits): once is enough.
+        content = f"<@{job.user_id}>" + _small_print(list(dict.fromkeys([*self._notes.get(job.id, ()), *warnings])))
         source = await self._store.get_job(job.source_job_id) if job.source_job_id is not None else None
         return await self._post(
             job,

@@ -27,6 +27,7 @@ from generation import edit_geometry
 from generation.catalogue import Catalogue, ModelEntry
 from generation.edit_geometry import Direction, GeometryError
 from generation.errors import InvalidRequest
+from generation.flux_limits import flux_notes
 from generation.png_info import MadeWith
 from generation.prompt_check import check_prompt
 from generation.prompt_syntax import (
@@ -79,8 +80,10 @@ class RequestLimits(BaseModel):
     default_guidance: float = 0.0
     vary_subtle_strength: float = 0.35
     vary_strong_strength: float = 0.75
-    # Set by `for_model`: the catalogue model these limits are for, and the multiple its sides need.
+    # Set by `for_model`: the catalogue model these limits are for, its family and the multiple its
+    # sides need.
     model: str | None = None
+    family: str | None = None
     size_step: int = 8
 
     @classmethod
@@ -90,7 +93,8 @@ class RequestLimits(BaseModel):
     def for_model(self, entry: ModelEntry, named: bool = True) -> RequestLimits:
         """These limits with a catalogue model's own defaults and limits where it sets them."""
         own = {"default_steps": entry.steps, "default_guidance": entry.guidance, "max_steps": entry.max_steps,
-               "max_size": entry.max_size, "model": entry.name if named else None, "size_step": entry.size_step}
+               "max_size": entry.max_size, "model": entry.name if named else None, "family": entry.family,
+               "size_step": entry.size_step}
         return self.model_copy(update={key: value for key, value in own.items() if value is not None})
 
 
@@ -168,7 +172,8 @@ def size_for(aspect: str, native_size: int, limits: RequestLimits) -> tuple[int,
 
 class Imagined(BaseModel):
     """What one /imagine asks for: a job per `{a, b}` combination and `--repeat`, each charged,
-    and notes for the reply (an option that won over a flag typed in the prompt)."""
+    and notes for the reply (an option that won over a flag typed in the prompt, what a FLUX model
+    leaves out)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -243,6 +248,9 @@ def imagine(
                 model=limits.model,
                 loras=loras,
             ))
+    if limits.family == "flux":
+        told = (note for job in jobs for note in flux_notes(job.prompt, job.negative_prompt, job.tile))
+        notes += tuple(dict.fromkeys(told))
     return Imagined(jobs=tuple(jobs), notes=notes)
 
 

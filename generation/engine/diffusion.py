@@ -69,6 +69,7 @@ from generation.engine.prompt_embeds import (
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
+from generation.flux_limits import NO_GUIDANCE, flux_notes
 from generation.prompt_syntax import PromptSyntaxError, plain_text
 from generation.requests import SOURCE_FORMATS
 from sdbot.types import (
@@ -86,12 +87,6 @@ log = logging.getLogger(__name__)
 VERSIONS = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 # Above this many output pixels the VAE decodes in tiles, so big images do not need big memory.
 VAE_TILING_PIXELS = 1024 * 1024
-# What a member is told when FLUX (T5 and CLIP read as plain text, no classifier-free guidance)
-# cannot do what they asked.
-FLUX_NO_WEIGHTS = "weights, ( ) [ ] and BREAK are not applied on FLUX models: the prompt was read as plain words"
-FLUX_NO_NEGATIVE = "FLUX models take no negative prompt: it was ignored (say what you want in the prompt instead)"
-FLUX_NO_GUIDANCE = "this FLUX model has no guidance input (like FLUX.1-schnell): the guidance setting had no effect"
-FLUX_NO_TILE = "seamless tiling (--tile) works on SD and SDXL models only: this FLUX image was made without it"
 
 
 def effective_steps(steps: int, strength: float) -> int:
@@ -467,15 +462,11 @@ class DiffusionEngine:
         return family_of(type(self._loaded_text2img().pipe).__name__) == "flux"
 
     def _flux_warnings(self, params: GenerationParams) -> list[str]:
-        """What FLUX leaves out of a request (weights are told where the prompt is read, in _prompts)."""
-        transformer = self._loaded_text2img().pipe.transformer
-        return [
-            warning for warning, applies in (
-                (FLUX_NO_NEGATIVE, bool(params.negative_prompt)),
-                (FLUX_NO_GUIDANCE, params.guidance > 1.0 and not transformer.config.guidance_embeds),
-                (FLUX_NO_TILE, params.tile),
-            ) if applies
-        ]
+        """What FLUX leaves out of a request; guidance only where the model has no guidance input."""
+        guided = self._loaded_text2img().pipe.transformer.config.guidance_embeds
+        return flux_notes(params.prompt, params.negative_prompt, params.tile) + (
+            [NO_GUIDANCE] if params.guidance > 1.0 and not guided else []
+        )
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -764,14 +755,11 @@ def _preview(previews: PreviewMaker, latents: torch.Tensor, counts: list[int]) -
 
 
 def _flux_prompt(job: _Job) -> str:
-    """FLUX's prompt: T5 takes no A1111 weights, so their words alone (the member is told once)."""
+    """FLUX's prompt: T5 and CLIP take no A1111 weights, so their words alone (the job is warned)."""
     try:
-        text, weighted = plain_text(job.params.prompt)
+        return plain_text(job.params.prompt)[0]
     except PromptSyntaxError as error:
         raise InvalidRequest(str(error)) from None
-    if weighted and FLUX_NO_WEIGHTS not in job.warnings:
-        job.warnings.append(FLUX_NO_WEIGHTS)
-    return text
 
 
 def _spatial(pipe: Any, latents: torch.Tensor, params: GenerationParams) -> torch.Tensor:

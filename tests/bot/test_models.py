@@ -1,5 +1,5 @@
 """The model catalogue and LoRAs end to end: the real bot on the tiny catalogue (`tiny`, SD, the
-default; `tiny-xl`, SDXL; LoRA `tiny-ink` for SD), a memory budget that holds one model at a time,
+default; `tiny-xl`, SDXL; `tiny-flux`, FLUX; LoRA `tiny-ink` for SD), a memory budget that holds one model at a time,
 and the fake Discord."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def test_model_and_lora_autocomplete_answer_from_the_catalogue(harness: Bo
     models = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="XL")
     assert [(c["name"], c["value"]) for c in models] == [("tiny-xl — tiny SDXL test model", "tiny-xl")]
     everything = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="")
-    assert [c["value"] for c in everything] == ["tiny", "tiny-xl"]
+    assert [c["value"] for c in everything] == ["tiny", "tiny-xl", "tiny-flux"]
     loras = await fake.autocomplete(fake.member, "imagine", "lora", prompt="a fox", lora="in")
     assert [(c["name"], c["value"]) for c in loras] == [("tiny-ink — tiny test LoRA", "tiny-ink")]
     # Only LoRAs of the chosen model's family are offered.

@@ -12,15 +12,10 @@ import pytest
 from PIL import Image
 
 from generation import edit_geometry
-from generation.engine.diffusion import (
-    FLUX_NO_GUIDANCE,
-    FLUX_NO_NEGATIVE,
-    FLUX_NO_TILE,
-    FLUX_NO_WEIGHTS,
-    DiffusionEngine,
-)
+from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths
+from generation.flux_limits import NO_GUIDANCE, NO_NEGATIVE, NO_TILE, NO_WEIGHTS
 from generation.requests import EditSource, RequestLimits, inpaint_region, pan, zoom_out
 from sdbot.types import GeneratedImage, GenerationParams, JobOutput, PipelineKind
 from tests.fakes.params import ignore_steps, never, text2img
@@ -86,7 +81,7 @@ def test_weights_and_break_are_read_as_their_plain_words_and_the_member_is_told(
         flux_engine, imagine("a (red:1.3) [small] fox BREAK snow", seeds=(4,)), imagine("a red small fox, snow", seeds=(4,))
     )
 
-    assert weighted.warnings == [FLUX_NO_WEIGHTS] and plain.warnings == []
+    assert weighted.warnings == [NO_WEIGHTS] and plain.warnings == []
     assert weighted.images[0].record.prompt == "a (red:1.3) [small] fox BREAK snow"  # the record keeps what was typed
     # The same words reached T5 and CLIP: the same picture (batched rows may differ by rounding).
     assert np.abs(pixels(weighted.images[0].data) - pixels(plain.images[0].data)).max() <= 2
@@ -96,17 +91,17 @@ def test_a_negative_prompt_and_guidance_on_schnell_are_ignored_with_a_reason(flu
     (asked,) = run(flux_engine, imagine(negative_prompt="blurry, text", guidance=5.0))
     (plain,) = run(flux_engine, imagine(guidance=5.0))
 
-    assert asked.warnings == [FLUX_NO_NEGATIVE, FLUX_NO_GUIDANCE]
+    assert asked.warnings == [NO_NEGATIVE, NO_GUIDANCE]
     assert np.array_equal(pixels(asked.images[0].data), pixels(plain.images[0].data))
     assert asked.images[0].record.negative_prompt == "blurry, text"
     # At guidance 0 (schnell's) the negative prompt alone is told, without SD's advice to raise guidance.
-    assert run(flux_engine, imagine(negative_prompt="blurry"))[0].warnings == [FLUX_NO_NEGATIVE]
+    assert run(flux_engine, imagine(negative_prompt="blurry"))[0].warnings == [NO_NEGATIVE]
 
 
 def test_tiling_is_left_off_with_a_reason(flux_engine: DiffusionEngine, source: GeneratedImage) -> None:
     (output,) = run(flux_engine, imagine(tile=True))
 
-    assert output.warnings == [FLUX_NO_TILE]
+    assert output.warnings == [NO_TILE]
     assert "tile" not in output.images[0].record.extra
     assert np.array_equal(pixels(output.images[0].data), pixels(source.data))
 
