@@ -191,3 +191,34 @@ async def test_an_upscale_and_its_edits_keep_the_source_jobs_model(harness: BotH
     assert fields(zoomed)["Model"] == "tiny-xl"
     record = read_record(zoomed.attachments[0].data)
     assert record is not None and record.model_id.endswith("pipeline-sdxl")
+
+
+async def test_a_flux_result_tells_what_flux_leaves_out_and_every_button_under_it_works(harness: BotHarness) -> None:
+    fake = harness.fake
+    handle = await fake.slash(fake.member, "imagine", prompt="a (red:1.3) fox BREAK snow", negative="blurry",
+                              count=2, seed=5, model="tiny-flux")
+    made = await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
+    queued = next(payload["content"] for payload in made.history if "queued" in payload.get("content", ""))
+    assert "not applied on FLUX models" in queued and "FLUX models take no negative prompt" in queued
+    # Told again on the result, once each.
+    assert made.content.count("not applied on FLUX models") == 1
+    assert made.content.count("FLUX models take no negative prompt") == 1
+    assert fields(made)["Model"] == "tiny-flux" and len(made.attachments) == 2
+    record = read_record(made.attachments[0].data)
+    assert record is not None and record.scheduler == "FlowMatchEulerDiscreteScheduler"
+    assert made.attachments[0].image().size == (64, 64)
+
+    varied = await _press(harness, made, "V1")
+    assert fields(varied)["Model"] == "tiny-flux" and varied.attachments[0].image().size == (64, 64)
+    upscaled = await _press(harness, made, "U1")
+    assert upscaled.attachments[0].image().size == (128, 128)
+    for label in ("Vary (Subtle)", "Zoom Out 2x", "➡️"):
+        edited = await _press(harness, upscaled, label)
+        assert fields(edited)["Model"] == "tiny-flux", label
+        edited_record = read_record(edited.attachments[0].data)
+        assert edited_record is not None and edited_record.model_id.endswith("pipeline-flux"), label
+
+
+async def _press(harness: BotHarness, message: StoredMessage, label: str) -> StoredMessage:
+    click = await harness.fake.click(harness.fake.member, message, message.button(label=label)["custom_id"])
+    return await click.wait_original(lambda m: bool(m.attachments), timeout=60)
