@@ -235,7 +235,7 @@ def make_tiny_models(
     make_describer(paths.describer)
     _inpaint_pipeline().save_pretrained(paths.inpaint)
     _sdxl_pipeline().save_pretrained(paths.sdxl)
-    _flux_pipeline().save_pretrained(paths.flux)
+    make_flux(paths.flux)
     AutoencoderTiny(latent_channels=16, **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.flux_preview_decoder)
     make_lora(text2img.unet, paths.lora)
     paths.models_file.write_text(_MODELS_TOML.format(
@@ -438,7 +438,15 @@ def t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _flux_pipeline() -> FluxPipeline:
+def make_flux(directory: Path, *, guided: bool = False) -> Path:
+    """Write a tiny FLUX pipeline: FLUX.1-schnell's layout, or with `guided` FLUX.1-dev's (a
+    distilled-guidance input to the transformer)."""
+    torch.manual_seed(0)
+    _flux_pipeline(guided).save_pretrained(directory)
+    return Path(directory)
+
+
+def _flux_pipeline(guided: bool) -> FluxPipeline:
     # FLUX.1's layout scaled down (as in diffusers' own tests): a transformer reading 2x2 patches of
     # 16-channel latents (16 * 4 = 64 inputs), CLIP's pooled output (32) and T5's hidden states (32);
     # a VAE with FLUX's 16 channels, scale and shift, scale factor 2 like the SD test model.
@@ -450,6 +458,7 @@ def _flux_pipeline() -> FluxPipeline:
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+        guidance_embeds=guided,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,

@@ -15,6 +15,7 @@ from generation.prompt_syntax import (
     expand_permutations,
     parse_inline_parameters,
     parse_weights,
+    plain_text,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +154,22 @@ def test_plain_text_survives_any_bracket_soup(text: str) -> None:
     letters = "".join(piece for piece, _ in parsed)
     assert [c for c in letters if c in "ab"] == [c for c in text if c in "ab"]
     assert all(0 <= weight <= 10 for _, weight in parsed)
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("a (red:1.3) fox", ("a red fox", True)),
+        ("a [small] ((very)) cat BREAK blue sky", ("a small very cat, blue sky", True)),
+        ("BREAK a BREAK", ("a", True)),
+        ("re(d:1.2)dish", ("reddish", True)),
+        (r"a \(literal\) bracket, (x:1.0)", ("a (literal) bracket, x", False)),
+        ("plain, words", ("plain, words", False)),
+    ],
+)
+def test_plain_text_keeps_the_words_and_says_whether_weights_were_dropped(text: str, plain: tuple[str, bool]) -> None:
+    # What FLUX's T5 reads instead of `(word:1.3)` drawn as literal text.
+    assert plain_text(text) == plain
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from generation import requests
+from generation import flux_limits, requests
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import BlockedPrompt, InvalidRequest
 from generation.png_info import MadeWith
@@ -130,6 +130,16 @@ def test_imagine_uses_the_operators_defaults() -> None:
     limits = RequestLimits(default_steps=7, default_guidance=3.5, max_count=2)
     (params,) = requests.imagine(limits, prompt=" a  fox ", seed=10, native_size=64).jobs
     assert (params.prompt, params.seeds, params.steps, params.guidance) == ("a fox", (10, 11), 7, 3.5)
+
+
+def test_imagine_on_a_flux_model_notes_what_flux_leaves_out_before_queueing() -> None:
+    flux = RequestLimits(family="flux")
+    told = requests.imagine(flux, prompt="a {(red:1.2), blue} fox --no blur --tile", native_size=64)
+    assert len(told.jobs) == 2 and told.jobs[0].negative_prompt == "blur"
+    assert told.notes == (flux_limits.NO_WEIGHTS, flux_limits.NO_NEGATIVE, flux_limits.NO_TILE)  # each once
+    assert requests.imagine(flux, prompt="a red fox", native_size=64).notes == ()
+    # Other families read weights and negatives: nothing to say.
+    assert requests.imagine(RequestLimits(family="sdxl"), prompt="a (red:1.2) fox --no blur", native_size=64).notes == ()
 
 
 def test_upscale_sizes_go_down_to_multiples_of_64() -> None:

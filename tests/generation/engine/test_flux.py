@@ -14,7 +14,7 @@ from PIL import Image
 from generation import edit_geometry
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
-from generation.engine.tiny_models import TinyModelPaths
+from generation.engine.tiny_models import TinyModelPaths, make_flux
 from generation.flux_limits import NO_GUIDANCE, NO_NEGATIVE, NO_TILE, NO_WEIGHTS
 from generation.requests import EditSource, RequestLimits, inpaint_region, pan, zoom_out
 from sdbot.types import GeneratedImage, GenerationParams, JobOutput, PipelineKind
@@ -96,6 +96,17 @@ def test_a_negative_prompt_and_guidance_on_schnell_are_ignored_with_a_reason(flu
     assert asked.images[0].record.negative_prompt == "blurry, text"
     # At guidance 0 (schnell's) the negative prompt alone is told, without SD's advice to raise guidance.
     assert run(flux_engine, imagine(negative_prompt="blurry"))[0].warnings == [NO_NEGATIVE]
+
+
+def test_guidance_steers_a_model_with_a_guidance_input_like_flux_dev(
+    tiny_models: TinyModelPaths, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    dev = make_flux(tmp_path_factory.mktemp("flux-dev") / "pipeline", guided=True)
+    engine = DiffusionEngine.load(tiny_models.engine_config(model_id=str(dev), previews=False))
+    (low,), (high,) = run(engine, imagine(guidance=1.5)), run(engine, imagine(guidance=3.5))
+
+    assert low.warnings == high.warnings == []
+    assert np.abs(pixels(low.images[0].data) - pixels(high.images[0].data)).mean() > 0.5
 
 
 def test_tiling_is_left_off_with_a_reason(flux_engine: DiffusionEngine, source: GeneratedImage) -> None:
