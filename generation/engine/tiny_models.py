@@ -192,9 +192,14 @@ class TinyModelPaths:
         return self.pipeline.parent / "lora" / "tiny-ink.safetensors"
 
     @property
+    def flux_lora(self) -> Path:
+        """A LoRA (.safetensors) for `flux`."""
+        return self.pipeline.parent / "lora" / "tiny-flux-ink.safetensors"
+
+    @property
     def models_file(self) -> Path:
         """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), tiny-flux (flux) and the
-        LoRA tiny-ink."""
+        LoRAs tiny-ink (sd) and tiny-flux-ink (flux)."""
         return self.pipeline.parent / "models.toml"
 
     def settings(self, **overrides: Any) -> Settings:
@@ -235,15 +240,16 @@ def make_tiny_models(
     make_describer(paths.describer)
     _inpaint_pipeline().save_pretrained(paths.inpaint)
     _sdxl_pipeline().save_pretrained(paths.sdxl)
-    make_flux(paths.flux)
+    flux = make_flux(paths.flux)
     AutoencoderTiny(latent_channels=16, **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.flux_preview_decoder)
     make_lora(text2img.unet, paths.lora)
+    make_lora(flux.transformer, paths.flux_lora)
     paths.models_file.write_text(_MODELS_TOML.format(
         # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
         flux=json.dumps(str(paths.flux.resolve())),
-        lora=json.dumps(str(paths.lora.resolve())),
+        lora=json.dumps(str(paths.lora.resolve())), flux_lora=json.dumps(str(paths.flux_lora.resolve())),
     ), "utf-8")
     return paths
 
@@ -310,22 +316,34 @@ source = {lora}
 family = "sd"
 weight = 1.0
 description = "tiny test LoRA"
+
+[loras.tiny-flux-ink]
+source = {flux_lora}
+family = "flux"
+weight = 1.0
+description = "tiny FLUX test LoRA"
 """
 
 
-def make_lora(unet: UNet2DConditionModel, path: Path, rank: int = 4) -> Path:
-    """Write a LoRA for `unet`'s attention projections in diffusers' format, with random weights in
-    both factors (peft's default leaves one at zero, which would change nothing). `unet` is unchanged."""
+def make_lora(model: UNet2DConditionModel | FluxTransformer2DModel, path: Path, rank: int = 4) -> Path:
+    """Write a LoRA for the attention projections of a UNet (SD) or a FLUX transformer, in the
+    format diffusers' own training scripts save, with random weights in both factors (peft's default
+    leaves one at zero, which would change nothing). `model` is unchanged."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = copy.deepcopy(unet)
+    model = copy.deepcopy(model)
     torch.manual_seed(1)
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                         target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    unet.add_adapter(config)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
+    model.add_adapter(config)
+    layers = get_peft_model_state_dict(model)
+    if isinstance(model, UNet2DConditionModel):
+        StableDiffusionPipeline.save_lora_weights(
+            path.parent, unet_lora_layers=convert_state_dict_to_diffusers(layers), weight_name=path.name
+        )
+    else:
+        FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name)
     return path
 
 
@@ -438,12 +456,13 @@ def t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def make_flux(directory: Path, *, guided: bool = False) -> Path:
-    """Write a tiny FLUX pipeline: FLUX.1-schnell's layout, or with `guided` FLUX.1-dev's (a
-    distilled-guidance input to the transformer)."""
+def make_flux(directory: Path, *, guided: bool = False) -> FluxPipeline:
+    """Write a tiny FLUX pipeline, FLUX.1-schnell's layout, or with `guided` FLUX.1-dev's (a
+    distilled-guidance input to the transformer); returns it."""
     torch.manual_seed(0)
-    _flux_pipeline(guided).save_pretrained(directory)
-    return Path(directory)
+    pipe = _flux_pipeline(guided)
+    pipe.save_pretrained(directory)
+    return pipe
 
 
 def _flux_pipeline(guided: bool) -> FluxPipeline:

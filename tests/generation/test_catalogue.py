@@ -31,7 +31,7 @@ def test_the_example_file_parses_with_sdxl_turbo_and_flux() -> None:
 
 def test_the_tiny_catalogue_detects_families_from_the_folders(tiny_models: TinyModelPaths) -> None:
     catalogue = load_catalogue(tiny_models.models_file)
-    assert (catalogue.entry("tiny").family, catalogue.entry("tiny-xl").family) == ("sd", "sdxl")
+    assert [catalogue.entry(name).family for name in ("tiny", "tiny-xl", "tiny-flux")] == ["sd", "sdxl", "flux"]
     assert catalogue.entry(None).name == "tiny"
 
 
@@ -82,6 +82,8 @@ def test_models_and_loras_are_picked_by_name_with_weights(tiny_models: TinyModel
         ("nope", None, "there is no model called “nope”"),
         ("tiny", "nope", "there is no LoRA called “nope”"),
         ("tiny-xl", "tiny-ink", "LoRA tiny-ink is made for SD models; tiny-xl is an SDXL model"),
+        ("tiny-flux", "tiny-ink", "LoRA tiny-ink is made for SD models; tiny-flux is a FLUX model"),
+        ("tiny", "tiny-flux-ink", "LoRA tiny-flux-ink is made for FLUX models; tiny is an SD model"),
         ("tiny", "tiny-ink:heavy", "the weight after `:` must be a number"),
         ("tiny", "tiny-ink:5", "must be between -2 and 2"),
         ("tiny", "a, b, c, d", "at most 3 LoRAs"),

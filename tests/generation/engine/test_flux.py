@@ -101,7 +101,8 @@ def test_a_negative_prompt_and_guidance_on_schnell_are_ignored_with_a_reason(flu
 def test_guidance_steers_a_model_with_a_guidance_input_like_flux_dev(
     tiny_models: TinyModelPaths, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    dev = make_flux(tmp_path_factory.mktemp("flux-dev") / "pipeline", guided=True)
+    dev = tmp_path_factory.mktemp("flux-dev") / "pipeline"
+    make_flux(dev, guided=True)
     engine = DiffusionEngine.load(tiny_models.engine_config(model_id=str(dev), previews=False))
     (low,), (high,) = run(engine, imagine(guidance=1.5)), run(engine, imagine(guidance=3.5))
 

@@ -14,9 +14,9 @@ from generation.engine.tiny_models import TinyModelPaths
 from sdbot.types import GenerationParams, PipelineKind
 
 
-def image(engine: DiffusionEngine, loras: tuple[tuple[str, float], ...] = ()) -> np.ndarray:
+def image(engine: DiffusionEngine, loras: tuple[tuple[str, float], ...] = (), model: str = "tiny") -> np.ndarray:
     params = GenerationParams(pipeline=PipelineKind.TEXT2IMG, prompt="a cat", seeds=(4,), steps=2, guidance=0.0,
-                              width=64, height=64, model="tiny", loras=loras)
+                              width=64, height=64, model=model, loras=loras)
     (output,) = engine.run_batch([params], lambda step, total: None, lambda: False)
     return np.asarray(Image.open(io.BytesIO(output.images[0].data or b"")), dtype=np.int16)
 
@@ -30,3 +30,10 @@ def test_a_lora_changes_the_pixels_and_turns_off_again(tiny_models: TinyModelPat
     assert np.abs(image(engine) - plain).max() == 0
     reference = DiffusionEngine.load(tiny_models.engine_config(models_file=tiny_models.models_file))
     assert np.abs(image(reference, (("tiny-ink", 1.0),)) - styled).max() <= 2  # the whole LoRA, fused or not
+
+
+def test_a_flux_lora_changes_a_flux_models_pixels_and_turns_off_again(tiny_models: TinyModelPaths) -> None:
+    engine = DiffusionEngine.load(tiny_models.engine_config(models_file=tiny_models.models_file))
+    plain = image(engine, model="tiny-flux")
+    assert np.abs(image(engine, (("tiny-flux-ink", 0.8),), model="tiny-flux") - plain).mean() > 0.2
+    assert np.abs(image(engine, model="tiny-flux") - plain).max() == 0
