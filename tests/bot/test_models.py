@@ -161,6 +161,9 @@ async def test_moderators_choose_the_servers_default_model(harness: BotHarness) 
     await chosen.wait_original(timeout=10)
     assert chosen.ephemeral and "tiny-xl" in chosen.content
     assert fields(await imagine(harness))["Model"] == "tiny-xl"
+    shown = await fake.slash(fake.member, "help")
+    await shown.wait_response()
+    assert "draws with **tiny-xl** here; `model:` picks one of 1 other." in str(shown.embeds[0]["fields"])
     reset = await fake.slash(fake.moderator, ["model", "default"])
     await reset.wait_original(timeout=10)
     assert fields(await imagine(harness))["Model"] == "tiny"
