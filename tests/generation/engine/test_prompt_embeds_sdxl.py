@@ -124,7 +124,8 @@ def test_a_weighted_negative_prompt_moves_only_the_negative(pipe: Any) -> None:
     assert weighted.negative is not None and base.negative is not None
     torch.testing.assert_close(weighted.negative[0, 1:7], base.negative[0, 1:7] * 1.5)
     assert torch.equal(weighted.negative[0, 7:], base.negative[0, 7:])
-    assert torch.equal(weighted.prompt, base.prompt) and torch.equal(weighted.pooled, base.pooled)  # type: ignore[arg-type]
+    assert torch.equal(weighted.prompt, base.prompt)
+    assert torch.equal(weighted.pooled, base.pooled)  # type: ignore[arg-type]
     assert torch.equal(weighted.negative_pooled, base.negative_pooled)  # type: ignore[arg-type]
 
 
