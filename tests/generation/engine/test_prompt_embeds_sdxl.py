@@ -5,15 +5,21 @@ weighted and really longer otherwise. The tiny tokenizers spend one token per ch
 
 from __future__ import annotations
 
+import copy
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
 from PIL import Image
 
+from generation.catalogue import LoraEntry
 from generation.engine.diffusion import DiffusionEngine
+from generation.engine.loras import Adapters
 from generation.engine.prompt_embeds import encode_batch, read_prompt
 from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import InvalidRequest
@@ -197,3 +203,39 @@ def test_a_too_long_sdxl_prompt_is_an_invalid_request(engine: DiffusionEngine) -
         engine.run_batch([text2img("castle " * 80)], ignore_steps, never)
     assert engine.token_counter()("a (red:1.5) bird BREAK sky") == 75 + 3
 
+
+
+def text_encoder_lora(pipe: Any, path: Path) -> Path:
+    """A LoRA with random weights on both SDXL text encoders' attention, in diffusers' format."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(2)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    layers = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = inject_adapter_in_model(config, copy.deepcopy(getattr(pipe, name)))
+        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    StableDiffusionXLPipeline.save_lora_weights(path.parent, weight_name=path.name, **layers)
+    return path
+
+
+def test_an_sdxl_lora_on_the_text_encoders_reaches_the_weighted_embeddings(
+    tiny_models: TinyModelPaths, tmp_path: Path
+) -> None:
+    pipe = DiffusionEngine.load(tiny_models.engine_config(model_id=str(tiny_models.sdxl))).text2img_pipeline
+    lora = LoraEntry(name="words", source=str(text_encoder_lora(pipe, tmp_path / "words.safetensors")), family="sdxl")
+    adapters = Adapters()
+    base = encode_batch(pipe, ["a red car"], ["fog"])
+
+    adapters.apply(pipe, [(lora, 0.7)])
+    ours = encode_batch(pipe, ["a red car"], ["fog"])
+    # Exactly what the pipeline encodes with the LoRA on, and not the plain encoding.
+    for mine, expected in zip((ours.prompt, ours.negative, ours.pooled, ours.negative_pooled),
+                              plain(pipe, ["a red car"], ["fog"]), strict=True):
+        assert mine is not None and torch.equal(mine, expected)
+    assert not torch.equal(ours.prompt, base.prompt)
+
+    adapters.apply(pipe, [])
+    assert torch.equal(encode_batch(pipe, ["a red car"], ["fog"]).prompt, base.prompt)
