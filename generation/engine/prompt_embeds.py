@@ -228,22 +228,22 @@ def _encode(
     pooled: torch.Tensor | None = None
     for index in range(count):
         chunks = [reading.chunks[index] if index < len(reading.chunks) else empty for reading in readings]
+        weights = torch.tensor([_row_weights(encoders[0].tokenizer, chunk) for chunk in chunks], dtype=torch.float32)
         parts = []
         for encoder in encoders:
             z, chunk_pooled = _encode_chunks(encoder, chunks, device)
             # As encode_prompt: the first 2-D output (the projection of text_encoder_2) is pooled.
             if index == 0 and pooled is None:
                 pooled = chunk_pooled
-            weights = [_row_weights(encoder.tokenizer, chunk) for chunk in chunks]
             z = z.to(dtype=dtype, device=device)  # as encode_prompt does
-            parts.append(_weighted(z, torch.tensor(weights, dtype=torch.float32), normalize))
-        encoded.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
+            parts.append(_weighted(z, weights, normalize))
+        encoded.append(torch.cat(parts, dim=-1))  # SDXL: the two encoders side by side
     return torch.cat(encoded, dim=1), pooled
 
 
 def _row_weights(tokenizer: Any, chunk: TokenChunk) -> list[float]:
     """The weight of each of a chunk's 77 positions: the start, end and padding positions keep
-    1.0, as in A1111."""
+    1.0, as in A1111 (both SDXL tokenizers have 77)."""
     return [1.0, *chunk.weights] + [1.0] * (int(tokenizer.model_max_length) - len(chunk.weights) - 1)
 
 
