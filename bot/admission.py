@@ -22,7 +22,7 @@ from bot.attachments import download_upload, keep_upload, save_upload
 from bot.delivery import Delivery
 from bot.errors import UserError
 from bot.permissions import is_moderator
-from bot.views import Action, EditModal
+from bot.views import Action, EditModal, EditSubmit
 from generation import requests
 from generation.catalogue import NATIVE_SIZE, Catalogue, ModelEntry, match, single_model
 from generation.engine.prompt_embeds import PromptReading
@@ -520,13 +520,12 @@ class Admission:
             interaction, JobKind.VARIATION, [params], source=image, source_path=source.path
         ))
 
-    async def submit_modal(
-        self, interaction: discord.Interaction, action: Action, job_id: int, number: int, prompt: str,
-        region: str | None,
-    ) -> JobRow | None:
+    async def submit_modal(self, interaction: discord.Interaction, submit: EditSubmit) -> JobRow | None:
         """The Remix or Vary (Region) box was sent: the edit, with the prompt as the member left it."""
-        source = await self.find_image(interaction, job_id, number)
-        return await self.edit(interaction, action, source, prompt=requests.normalise_text(prompt), region=region)
+        source = await self.find_image(interaction, submit.job_id, submit.number)
+        return await self.edit(
+            interaction, submit.action, source, prompt=requests.normalise_text(submit.prompt), region=submit.region
+        )
 
     async def _answer_repeat(self, interaction: discord.Interaction, first: asyncio.Future[JobRow | None]) -> None:
         """A repeated press: point at the job the first one made (waiting briefly for it)."""

@@ -43,6 +43,7 @@ EXTENSIONS = (
     "bot.exts.describe",
     "bot.exts.edit",
     "bot.exts.settings",
+    "bot.exts.help",
 )
 
 

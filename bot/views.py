@@ -6,6 +6,8 @@ working after a restart. A press is dispatched to the bot as the `job_button` ev
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Self
 
@@ -57,6 +59,9 @@ _FIXED_LABELS = {
     Action.PAN_DOWN: "⬇️",
     Action.VARY_REGION: "Vary (Region)",
 }
+# How long discord.py keeps an editing modal object it sent (Discord says nothing when a member
+# closes one); the submit never needs it, see EditModal.
+EDIT_MODAL_TIMEOUT_S = 600.0
 # The editing buttons, in rows of at most five.
 EDIT_ROWS = (
     (Action.VARY_SUBTLE, Action.VARY_STRONG, Action.ZOOM_2X, Action.ZOOM_1_5X, Action.VARY_REGION),
@@ -129,28 +134,64 @@ def queued_view(job_id: int) -> discord.ui.View:
     return view
 
 
+# An editing modal's custom_id; modals opened before the image number was added to it have none.
+_EDIT_MODAL = re.compile(rf"sd-edit:(?P<action>{'|'.join(Action)}):(?P<job>\d+)(?::(?P<n>[1-4]))?")
+
+
+@dataclass(frozen=True)
+class EditSubmit:
+    """What a member sent from an editing modal: the edit, the job and image, and their text."""
+
+    action: Action
+    job_id: int
+    number: int
+    prompt: str
+    region: str | None  # only Vary (Region) asks for one
+
+
 class EditModal(discord.ui.Modal):
     """The prompt box of Remix and of Vary (Region) (with the region to repaint), opened by an
-    editing button; the submit is dispatched to the bot as the `edit_modal` event."""
+    editing button. Its submit is read from the interaction (`edit_submit`), not by this object:
+    discord.py hands a submit only to the object that sent the modal, which a restart loses, and
+    a member's text must not be lost with it."""
 
     def __init__(self, action: Action, job_id: int, number: int, prompt: str, *, ask_region: bool) -> None:
-        super().__init__(title=f"{_FIXED_LABELS[action]} of job #{job_id}"[:45], custom_id=f"sd-edit:{action}:{job_id}")
-        self.action, self.job_id, self.number = action, job_id, number
-        self.region: discord.ui.TextInput[EditModal] | None = None
+        super().__init__(
+            title=f"{_FIXED_LABELS[action]} of job #{job_id}"[:45],
+            custom_id=f"sd-edit:{action}:{job_id}:{number}",
+            timeout=EDIT_MODAL_TIMEOUT_S,
+        )
         if ask_region:
-            self.region = discord.ui.TextInput(
+            self.add_item(discord.ui.TextInput(
                 label="Region to repaint", custom_id="region", default="center", max_length=40,
                 placeholder="center, left, right, top, bottom, or x,y,w,h in percent",
-            )
-            self.add_item(self.region)
-        self.prompt: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+            ))
+        self.add_item(discord.ui.TextInput(
             label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, default=prompt[:1000] or None,
             required=False, max_length=1000, placeholder="empty: the job's prompt",
-        )
-        self.add_item(self.prompt)
+        ))
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        region = self.region.value if self.region is not None else None
-        interaction.client.dispatch(
-            "edit_modal", interaction, self.action, self.job_id, self.number, self.prompt.value, region
-        )
+
+def edit_submit(interaction: discord.Interaction) -> EditSubmit | None:
+    """The submit of an editing modal, from the interaction's data (also for a modal opened before a
+    restart); None for any other interaction."""
+    if interaction.type is not discord.InteractionType.modal_submit:
+        return None
+    data: Any = interaction.data or {}
+    match = _EDIT_MODAL.fullmatch(str(data.get("custom_id", "")))
+    if match is None:
+        return None
+    values = dict(_text_inputs(data.get("components") or []))
+    return EditSubmit(Action(match["action"]), int(match["job"]), int(match["n"] or 1), values.get("prompt", ""),
+                      values.get("region"))
+
+
+def _text_inputs(components: list[Any]) -> Iterator[tuple[str, str]]:
+    """(custom_id, value) of every text input in a modal submit's components, at any depth
+    (action rows hold them in `components`, labels in `component`)."""
+    for component in components:
+        if "value" in component and "custom_id" in component:
+            yield component["custom_id"], component["value"]
+        yield from _text_inputs(component.get("components") or [])
+        if "component" in component:
+            yield from _text_inputs([component["component"]])

@@ -1,5 +1,5 @@
 """Result and queue buttons: `bot.views.JobButton` dispatches each press here as `job_button`, and
-the editing prompt box (`bot.views.EditModal`) its submit as `edit_modal`."""
+the submit of an editing prompt box (`bot.views.EditModal`) is read from the interaction here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.client import SDBot
 from bot.errors import reply_with_error
-from bot.views import Action
+from bot.views import Action, edit_submit
 
 
 class Buttons(commands.Cog):
@@ -27,12 +27,12 @@ class Buttons(commands.Cog):
             await reply_with_error(interaction, error)
 
     @commands.Cog.listener()
-    async def on_edit_modal(
-        self, interaction: discord.Interaction, action: Action, job_id: int, number: int, prompt: str,
-        region: str | None,
-    ) -> None:
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """The submit of an editing modal, also one opened before a restart (see EditModal)."""
+        if (submit := edit_submit(interaction)) is None:
+            return
         try:
-            await self.bot.admission.submit_modal(interaction, action, job_id, number, prompt, region)
+            await self.bot.admission.submit_modal(interaction, submit)
         except Exception as error:  # noqa: BLE001 - the same error path as the buttons
             await reply_with_error(interaction, error)
 

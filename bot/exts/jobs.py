@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot import render
 from bot.client import SDBot
 from bot.permissions import whose
+from sdbot.types import JobRow
 
 HISTORY_LENGTH = 15
 
@@ -44,7 +45,7 @@ class Jobs(commands.Cog):
             await interaction.response.send_message(f"{who} no jobs here yet. Try `/imagine`!", ephemeral=True)
             return
         lines = [
-            f"`#{job.id}` {job.kind.value} · {job.status.value} · <t:{int(job.created_at)}:R> · "
+            f"{_linked_id(job)} {job.kind.value} · {job.status.value} · <t:{int(job.created_at)}:R> · "
             f"{render.clip(job.prompt, 60) or '(uploaded picture)'}"
             for job in jobs
         ]
@@ -61,6 +62,12 @@ class Jobs(commands.Cog):
     @app_commands.describe(job="Job id")
     async def cancel_job(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
         await self.bot.admission.cancel(interaction, job)
+
+
+def _linked_id(job: JobRow) -> str:
+    """`#id`, a link to the job's result once it is posted."""
+    link = render.message_link(job)
+    return f"[`#{job.id}`]({link})" if link else f"`#{job.id}`"
 
 
 async def setup(bot: commands.Bot) -> None:

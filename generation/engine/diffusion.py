@@ -61,10 +61,12 @@ from generation.engine.png_metadata import (
 )
 from generation.engine.previews import PreviewMaker
 from generation.engine.prompt_embeds import (
+    Embeddings,
     PromptReading,
     PromptTooLong,
     encode_batch,
     read_prompt,
+    weighs_prompts,
 )
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
@@ -586,12 +588,11 @@ class DiffusionEngine:
         return _Produced(images, steps, type(pipe.scheduler).__name__, loaded.model_id, loaded.revision, extra)
 
     def _prompts(self, pipe: Any, jobs: Sequence[_Job]) -> dict[str, Any]:
-        """The prompt arguments of a pipeline call: weighted embeddings for one-CLIP pipelines (SD
-        1.x/2.x); for pipelines with more text encoders (SDXL, SD3, Flux) the texts as they are,
-        which the pipeline encodes itself (pooled embeddings and micro-conditioning included)."""
-        if getattr(pipe, "text_encoder_2", None) is None:
-            prompt_embeds, negative_embeds = self._embeddings(pipe, jobs)
-            return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+        """The prompt arguments of a pipeline call: weighted embeddings for CLIP pipelines (SD
+        1.x/2.x, SDXL: its pooled embeddings too); for FLUX the plain words (T5 takes no weights);
+        for SD3 the texts as they are, which the pipeline encodes itself."""
+        if weighs_prompts(pipe):
+            return self._embeddings(pipe, jobs).arguments()
         if family_of(type(pipe).__name__) == "flux":
             return {"prompt": _per_image(jobs, _flux_prompt)}
         texts = {"prompt": _per_image(jobs, lambda job: job.params.prompt)}
@@ -599,7 +600,7 @@ class DiffusionEngine:
             texts["negative_prompt"] = _per_image(jobs, lambda job: job.params.negative_prompt)
         return texts
 
-    def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> Embeddings:
         """A1111 weights and long prompts, one embedding per image; negatives only where the
         pipeline reads them (guidance above 1). Requests are checked before they are queued; this
         refuses what a caller without a token counter let through."""

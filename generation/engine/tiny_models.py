@@ -371,13 +371,13 @@ def make_safety_checker(directory: Path, *, shape: ModelShape = "tiny", flag_eve
     return Path(directory)
 
 
-def byte_tokenizer() -> CLIPTokenizer:
+def byte_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     # One token per byte (and per byte at a word end), plus CLIP's start and end tokens.
     symbols = list(bytes_to_unicode().values())
     vocab = {symbol: index for index, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
 
 
 def _text_config(shape: ModelShape) -> CLIPTextConfig:
@@ -441,7 +441,7 @@ def _sdxl_pipeline() -> StableDiffusionXLPipeline:
         text_encoder=CLIPTextModel(text),
         text_encoder_2=CLIPTextModelWithProjection(text),
         tokenizer=byte_tokenizer(),
-        tokenizer_2=byte_tokenizer(),
+        tokenizer_2=byte_tokenizer(pad_token="!"),  # as SDXL's second tokenizer pads
         unet=unet,
         scheduler=EulerDiscreteScheduler(**_SCHEDULER),
     )

@@ -274,3 +274,17 @@ async def test_inpaint_with_an_uploaded_mask_repaints_its_white_and_rerolls(harn
         await refused.wait_response()
         assert refused.ephemeral and says in refused.content
     assert len(await store.recent_jobs(fake.guild.id, fake.member.id)) == jobs
+
+
+async def test_a_vary_region_box_opened_before_a_restart_is_still_sent(
+    harness: BotHarness, tiny_engine: DiffusionEngine
+) -> None:
+    fake = harness.fake
+    upscaled = await _upscaled(harness)
+    shown = await fake.click(fake.member, upscaled, upscaled.button(label="Vary (Region)")["custom_id"])
+    await shown.wait_modal()
+    await harness.restart(tiny_engine)  # the member is still typing
+    sent = await fake.submit_modal(fake.member, shown, {"region": "top", "prompt": "a red boat"})
+    region = await sent.wait_original(lambda m: bool(m.attachments), timeout=60)
+    job = await _job(harness.store, region)
+    assert job.prompt == "a red boat" and job.edit is not None and job.edit.mask == (0, 0, 128, 64)

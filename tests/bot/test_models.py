@@ -155,12 +155,36 @@ async def test_unknown_models_and_loras_of_another_family_are_refused_with_nothi
     assert (await store.quota(fake.guild.id, fake.member.id)).used == 0
 
 
+async def test_sdxl_prompts_are_counted_and_capped_before_queueing_like_sd(harness: BotHarness) -> None:
+    fake, store = harness.fake, harness.store
+    assert store is not None
+    for options, message in [
+        ({"prompt": "castle " * 80}, "The prompt is 480 tokens long; the limit is 450"),
+        ({"prompt": "a fox", "negative": "(castle) " * 80}, "The negative prompt is 480 tokens long"),
+    ]:
+        handle = await fake.slash(fake.member, "imagine", model="tiny-xl", **options)
+        await handle.wait_original(timeout=10)
+        assert handle.ephemeral and message in handle.content, (options, handle.content)
+    assert await store.recent_jobs(fake.guild.id, fake.member.id) == []
+    assert (await store.quota(fake.guild.id, fake.member.id)).used == 0
+    # Under the cap, a weighted prompt past 77 tokens is made, and /job shows its chunks.
+    long = "(castle:1.3), " + "moss, " * 20 + "[fog]"
+    handle = await fake.slash(fake.member, "imagine", prompt=long, model="tiny-xl", count=1)
+    made = await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
+    shown = await fake.slash(fake.member, "job", id=job_id(made))
+    parameters = fields(await shown.wait_original(timeout=10))["Parameters"]
+    assert "prompt tokens in 2 chunks" in parameters
+
+
 async def test_moderators_choose_the_servers_default_model(harness: BotHarness) -> None:
     fake = harness.fake
     chosen = await fake.slash(fake.moderator, ["model", "default"], name="tiny-xl")
     await chosen.wait_original(timeout=10)
     assert chosen.ephemeral and "tiny-xl" in chosen.content
     assert fields(await imagine(harness))["Model"] == "tiny-xl"
+    shown = await fake.slash(fake.member, "help")
+    await shown.wait_response()
+    assert "draws with **tiny-xl** here; `model:` picks one of 2 others." in str(shown.embeds[0]["fields"])
     reset = await fake.slash(fake.moderator, ["model", "default"])
     await reset.wait_original(timeout=10)
     assert fields(await imagine(harness))["Model"] == "tiny"

@@ -155,9 +155,17 @@ async def test_job_from_another_guild_is_not_found(harness: BotHarness) -> None:
 async def test_job_history_and_record(harness: BotHarness) -> None:
     fake = harness.fake
     job_id = await _imagine_done(harness, fake.member, seed=42)
+    store = harness.store
+    assert store is not None
+    async with asyncio.timeout(10):  # the message id is stored just after the post
+        while (job := await store.get_job(job_id)) is None or job.result_message_id is None:
+            await asyncio.sleep(0.05)
     history = await fake.slash(fake.member, "history")
     await history.wait_response()
-    assert f"#{job_id}" in history.embeds[0]["description"] and "a red fox" in history.embeds[0]["description"]
+    listed = history.embeds[0]["description"]
+    # The id links to the posted result.
+    assert f"[`#{job_id}`](https://discord.com/channels/{fake.guild.id}/{job.channel_id}/{job.result_message_id})" in listed
+    assert "a red fox" in listed
     record = await fake.slash(fake.member, "job", id=job_id)
     await record.wait_response()
     assert record.ephemeral
