@@ -7,13 +7,14 @@ tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSa
 (`AutoencoderTiny`) for live previews, a Florence-2 captioner for /describe (its captions are
 gibberish), and for the model catalogue a tiny SDXL pipeline (two text encoders, micro-conditioning),
 a tiny FLUX pipeline (transformer on packed 16-channel latents, CLIP and T5 encoders, flow-matching
-scheduler) with its 16-channel TAESD (as madebyollin/taef1), a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
+scheduler) with its 16-channel TAESD (as madebyollin/taef1), a tiny SD3 pipeline (SD3.5's MMDiT on
+16-channel latents, two CLIP encoders and T5, flow matching) with its TAESD (as madebyollin/taesd3), a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
 fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
 compute as the real model, random weights) for GPU benchmarks.
 
 The tokenizer is built in code: every byte is a token and there are no merges, so prompts cost about
-one token per character (a real CLIP tokenizer needs roughly one per word). FLUX's T5 tokenizer is
-a character-level Unigram model built the same way.
+one token per character (a real CLIP tokenizer needs roughly one per word). The T5 tokenizer of
+FLUX and SD3 is a character-level Unigram model built the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
@@ -187,6 +190,16 @@ class TinyModelPaths:
         return self.pipeline.parent / "preview-decoder-flux"
 
     @property
+    def sd3(self) -> Path:
+        """A tiny SD3 pipeline."""
+        return self.pipeline.parent / "pipeline-sd3"
+
+    @property
+    def sd3_preview_decoder(self) -> Path:
+        """A TAESD for `sd3`'s 16 latent channels (what madebyollin/taesd3 is for SD3)."""
+        return self.pipeline.parent / "preview-decoder-sd3"
+
+    @property
     def lora(self) -> Path:
         """A LoRA (.safetensors) for `pipeline`."""
         return self.pipeline.parent / "lora" / "tiny-ink.safetensors"
@@ -198,8 +211,8 @@ class TinyModelPaths:
 
     @property
     def models_file(self) -> Path:
-        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), tiny-flux (flux) and the
-        LoRAs tiny-ink (sd) and tiny-flux-ink (flux)."""
+        """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), tiny-flux (flux), tiny-sd3
+        (sd3) and the LoRAs tiny-ink (sd) and tiny-flux-ink (flux)."""
         return self.pipeline.parent / "models.toml"
 
     def settings(self, **overrides: Any) -> Settings:
@@ -242,13 +255,17 @@ def make_tiny_models(
     _sdxl_pipeline().save_pretrained(paths.sdxl)
     flux = make_flux(paths.flux)
     AutoencoderTiny(latent_channels=16, **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.flux_preview_decoder)
+    make_sd3(paths.sd3)
+    # taesd3's layout: its own scale and shift, as SD3's VAE, for decoding the transformer's latents.
+    AutoencoderTiny(latent_channels=16, scaling_factor=_SD3_VAE["scaling_factor"], shift_factor=_SD3_VAE["shift_factor"],
+                    **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.sd3_preview_decoder)
     make_lora(text2img.unet, paths.lora)
     make_lora(flux.transformer, paths.flux_lora)
     paths.models_file.write_text(_MODELS_TOML.format(
         # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
-        flux=json.dumps(str(paths.flux.resolve())),
+        flux=json.dumps(str(paths.flux.resolve())), sd3=json.dumps(str(paths.sd3.resolve())),
         lora=json.dumps(str(paths.lora.resolve())), flux_lora=json.dumps(str(paths.flux_lora.resolve())),
     ), "utf-8")
     return paths
@@ -309,6 +326,13 @@ model_id = {flux}
 description = "tiny FLUX test model"
 steps = 2
 guidance = 0.0
+size = 64
+
+[models.tiny-sd3]
+model_id = {sd3}
+description = "tiny SD3 test model"
+steps = 2
+guidance = 4.0
 size = 64
 
 [loras.tiny-ink]
@@ -472,26 +496,74 @@ def _flux_pipeline(guided: bool) -> FluxPipeline:
     text = _text_config("tiny")
     text.projection_dim = 32
     tokenizer_2 = t5_tokenizer()
-    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
         guidance_embeds=guided,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-        scaling_factor=0.3611, shift_factor=0.1159, **_SHAPES["tiny"]["vae"],
-    )
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),  # as FLUX.1-schnell
-        vae=vae,
+        vae=_latent16_vae(scaling_factor=0.3611, shift_factor=0.1159),
         text_encoder=CLIPTextModel(text),
         tokenizer=byte_tokenizer(),
-        text_encoder_2=T5EncoderModel(t5),
+        text_encoder_2=_t5_encoder(tokenizer_2, width=32),
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
+
+
+# SD3's VAE scale and shift (SD3 and 3.5 share the VAE; taesd3 decodes its latents).
+_SD3_VAE = {"scaling_factor": 1.5305, "shift_factor": 0.0609}
+
+
+def make_sd3(directory: Path) -> StableDiffusion3Pipeline:
+    """Write a tiny SD3 pipeline (SD3.5 medium's layout); returns it."""
+    torch.manual_seed(0)
+    pipe = _sd3_pipeline()
+    pipe.save_pretrained(directory)
+    return pipe
+
+
+def _sd3_pipeline() -> StableDiffusion3Pipeline:
+    # SD3's layout scaled down (as in diffusers' own tests, with SD3's 16 channels and 2x2 patches):
+    # the prompt goes through two CLIP encoders, whose penultimate hidden states are concatenated
+    # (32 + 32) and padded to T5's width (64) beside T5's, and whose pooled projections are
+    # concatenated (32 + 32); an MMDiT with SD3.5's RMS-normed attention and a dual-attention
+    # block (MMDiT-X); a 16-channel VAE of scale factor 2, so 64 px is 32x32 latents, 16x16 patches.
+    text = _text_config("tiny")
+    text.projection_dim = 32
+    tokenizer_3 = t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=128, dual_attention_layers=(0,), qk_norm="rms_norm",  # up to 512 px
+    )
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # as SD3
+        vae=_latent16_vae(**_SD3_VAE),
+        text_encoder=CLIPTextModelWithProjection(text),
+        tokenizer=byte_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(text),
+        tokenizer_2=byte_tokenizer(pad_token="!"),  # as SD3's CLIP-G tokenizer pads
+        text_encoder_3=_t5_encoder(tokenizer_3, width=64),
+        tokenizer_3=tokenizer_3,
+        transformer=transformer,
+    )
+
+
+def _latent16_vae(*, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """The 16-channel VAE of the transformer families (no quant convolutions), tiny scale factor 2."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=scaling_factor, shift_factor=shift_factor, **_SHAPES["tiny"]["vae"],
+    )
+
+
+def _t5_encoder(tokenizer: T5TokenizerFast, *, width: int) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_ff=2 * width, d_kv=8, num_heads=4, num_layers=2,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
 
 
 def _latent_upscaler() -> StableDiffusionLatentUpscalePipeline:
