@@ -27,7 +27,7 @@ from generation import edit_geometry
 from generation.catalogue import Catalogue, ModelEntry
 from generation.edit_geometry import Direction, GeometryError
 from generation.errors import InvalidRequest
-from generation.flux_limits import flux_notes
+from generation.family_limits import family_notes
 from generation.png_info import MadeWith
 from generation.prompt_check import check_prompt
 from generation.prompt_syntax import (
@@ -172,8 +172,8 @@ def size_for(aspect: str, native_size: int, limits: RequestLimits) -> tuple[int,
 
 class Imagined(BaseModel):
     """What one /imagine asks for: a job per `{a, b}` combination and `--repeat`, each charged,
-    and notes for the reply (an option that won over a flag typed in the prompt, what a FLUX model
-    leaves out)."""
+    and notes for the reply (an option that won over a flag typed in the prompt, what an SD3 or FLUX
+    model leaves out)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -248,9 +248,8 @@ def imagine(
                 model=limits.model,
                 loras=loras,
             ))
-    if limits.family == "flux":
-        told = (note for job in jobs for note in flux_notes(job.prompt, job.negative_prompt, job.tile))
-        notes += tuple(dict.fromkeys(told))
+    told = (note for job in jobs for note in family_notes(limits.family, job.prompt, job.negative_prompt, job.tile))
+    notes += tuple(dict.fromkeys(told))
     return Imagined(jobs=tuple(jobs), notes=notes)
 
 

@@ -71,7 +71,7 @@ from generation.engine.prompt_embeds import (
 from generation.engine.safety import SafetyChecker, SafetyVerdict
 from generation.engine.tiling import set_seamless
 from generation.errors import Cancelled, InvalidRequest, OutOfMemory
-from generation.flux_limits import NO_GUIDANCE, flux_notes
+from generation.family_limits import NO_GUIDANCE, family_notes, reads_negative
 from generation.prompt_syntax import PromptSyntaxError, plain_text
 from generation.requests import SOURCE_FORMATS
 from sdbot.types import (
@@ -452,23 +452,20 @@ class DiffusionEngine:
                     f"steps raised from {params.steps} to {steps} so that strength {params.strength:g} "
                     "leaves at least one denoising step"
                 )
-        if self._runs_flux(params):
-            job.warnings += self._flux_warnings(params)
-        elif params.negative_prompt and params.guidance <= 1.0:
+        family = self._family(params)
+        job.warnings += family_notes(family, params.prompt, params.negative_prompt, params.tile)
+        if family == "flux" and params.guidance > 1.0:  # FLUX.1-dev reads it, schnell has no such input
+            if not self._loaded_text2img().pipe.transformer.config.guidance_embeds:
+                job.warnings.append(NO_GUIDANCE)
+        if params.negative_prompt and params.guidance <= 1.0 and reads_negative(family):
             job.warnings.append("the negative prompt has no effect at a guidance (CFG scale) of 1 or less")
 
-    def _runs_flux(self, params: GenerationParams) -> bool:
-        """Whether the job runs on a FLUX pipeline (an edit may run on SDBOT_INPAINT_MODEL_ID's)."""
+    def _family(self, params: GenerationParams) -> str | None:
+        """The family of the pipeline the job runs on; None for SDBOT_INPAINT_MODEL_ID's, an SD
+        inpainting checkpoint an edit may run on (CLIP-read, like any unknown family)."""
         if params.edit is not None and self.config.inpaint_model_id:
-            return False
-        return family_of(type(self._loaded_text2img().pipe).__name__) == "flux"
-
-    def _flux_warnings(self, params: GenerationParams) -> list[str]:
-        """What FLUX leaves out of a request; guidance only where the model has no guidance input."""
-        guided = self._loaded_text2img().pipe.transformer.config.guidance_embeds
-        return flux_notes(params.prompt, params.negative_prompt, params.tile) + (
-            [NO_GUIDANCE] if params.guidance > 1.0 and not guided else []
-        )
+            return None
+        return family_of(type(self._loaded_text2img().pipe).__name__)
 
     # -- generation -------------------------------------------------------------------------------
 
@@ -589,15 +586,14 @@ class DiffusionEngine:
 
     def _prompts(self, pipe: Any, jobs: Sequence[_Job]) -> dict[str, Any]:
         """The prompt arguments of a pipeline call: weighted embeddings for CLIP pipelines (SD
-        1.x/2.x, SDXL: its pooled embeddings too); for FLUX the plain words (T5 takes no weights);
-        for SD3 the texts as they are, which the pipeline encodes itself."""
+        1.x/2.x, SDXL: its pooled embeddings too); for SD3 and FLUX (T5 beside CLIP) the plain
+        words, which the pipeline encodes itself. Negatives only where the pipeline reads them
+        (guidance above 1; never on FLUX, which is guidance-distilled)."""
         if weighs_prompts(pipe):
             return self._embeddings(pipe, jobs).arguments()
-        if family_of(type(pipe).__name__) == "flux":
-            return {"prompt": _per_image(jobs, _flux_prompt)}
-        texts = {"prompt": _per_image(jobs, lambda job: job.params.prompt)}
-        if jobs[0].params.guidance > 1.0:
-            texts["negative_prompt"] = _per_image(jobs, lambda job: job.params.negative_prompt)
+        texts = {"prompt": _per_image(jobs, lambda job: _plain_words(job.params.prompt))}
+        if jobs[0].params.guidance > 1.0 and reads_negative(family_of(type(pipe).__name__)):
+            texts["negative_prompt"] = _per_image(jobs, lambda job: _plain_words(job.params.negative_prompt))
         return texts
 
     def _embeddings(self, pipe: Any, jobs: Sequence[_Job]) -> Embeddings:
@@ -755,10 +751,11 @@ def _preview(previews: PreviewMaker, latents: torch.Tensor, counts: list[int]) -
         return None
 
 
-def _flux_prompt(job: _Job) -> str:
-    """FLUX's prompt: T5 and CLIP take no A1111 weights, so their words alone (the job is warned)."""
+def _plain_words(prompt: str) -> str:
+    """A prompt for SD3 and FLUX: T5 and CLIP take no A1111 weights, so its words alone (the job is
+    warned)."""
     try:
-        return plain_text(job.params.prompt)[0]
+        return plain_text(prompt)[0]
     except PromptSyntaxError as error:
         raise InvalidRequest(str(error)) from None
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from generation import flux_limits, requests
+from generation import requests
 from generation.engine.diffusion import DiffusionEngine
 from generation.errors import BlockedPrompt, InvalidRequest
+from generation.family_limits import no_negative, no_tile, no_weights
 from generation.png_info import MadeWith
 from generation.requests import RequestLimits
 from generation.styles import load_styles
@@ -136,10 +137,20 @@ def test_imagine_on_a_flux_model_notes_what_flux_leaves_out_before_queueing() ->
     flux = RequestLimits(family="flux")
     told = requests.imagine(flux, prompt="a {(red:1.2), blue} fox --no blur --tile", native_size=64)
     assert len(told.jobs) == 2 and told.jobs[0].negative_prompt == "blur"
-    assert told.notes == (flux_limits.NO_WEIGHTS, flux_limits.NO_NEGATIVE, flux_limits.NO_TILE)  # each once
+    assert told.notes == (no_weights("flux"), no_negative("flux"), no_tile("flux"))  # each once
     assert requests.imagine(flux, prompt="a red fox", native_size=64).notes == ()
-    # Other families read weights and negatives: nothing to say.
+    # CLIP families read weights and negatives: nothing to say.
     assert requests.imagine(RequestLimits(family="sdxl"), prompt="a (red:1.2) fox --no blur", native_size=64).notes == ()
+
+
+def test_imagine_on_an_sd3_model_notes_weights_and_tiling_but_keeps_the_negative_prompt() -> None:
+    sd3 = RequestLimits(family="sd3", default_guidance=4.0)
+    told = requests.imagine(sd3, prompt="a (red:1.2) fox --no blur --tile", native_size=64)
+    assert told.notes == (no_weights("sd3"), no_tile("sd3"))
+    assert "SD3 models" in told.notes[0] and told.jobs[0].negative_prompt == "blur"
+    # SD3 reads the negative prompt with real CFG, so weights there are dropped too, and said.
+    assert requests.imagine(sd3, prompt="a fox", negative="(blur:1.5)", native_size=64).notes == (no_weights("sd3"),)
+    assert requests.imagine(sd3, prompt="a fox", negative="blur", native_size=64).notes == ()
 
 
 def test_upscale_sizes_go_down_to_multiples_of_64() -> None:

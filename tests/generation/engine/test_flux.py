@@ -15,12 +15,13 @@ from generation import edit_geometry
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths, make_flux
-from generation.flux_limits import NO_GUIDANCE, NO_NEGATIVE, NO_TILE, NO_WEIGHTS
+from generation.family_limits import NO_GUIDANCE, no_negative, no_tile, no_weights
 from generation.requests import EditSource, RequestLimits, inpaint_region, pan, zoom_out
 from sdbot.types import GeneratedImage, GenerationParams, JobOutput, PipelineKind
 from tests.fakes.params import ignore_steps, never, text2img
 from tests.generation.engine.test_edit import pixels
 
+NO_WEIGHTS, NO_NEGATIVE, NO_TILE = no_weights("flux"), no_negative("flux"), no_tile("flux")
 # Not square, to catch a swapped width and height in the packing of FLUX's latents.
 WIDTH, HEIGHT = 64, 48
 
