@@ -89,6 +89,7 @@ def test_make_test_model_then_imagine_writes_pngs_with_their_seed(tmp_path: Path
     made = sdbot("make-test-model", "models", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert "SDBOT_MODEL_ID=" in made.stdout and (tmp_path / "models" / "pipeline" / "model_index.json").exists()
+    assert f"SDBOT_MODEL_ID={Path('models') / 'pipeline-sd3'}" in made.stdout
     env = _tiny_env(tiny_models)
     result = sdbot("imagine", "a tiny test", "--seed", "41", "--count", "2", "--steps", "2", "--out", "out",
                    env=env, cwd=tmp_path)

@@ -1,6 +1,6 @@
 """The model catalogue and LoRAs end to end: the real bot on the tiny catalogue (`tiny`, SD, the
-default; `tiny-xl`, SDXL; `tiny-flux`, FLUX; LoRA `tiny-ink` for SD), a memory budget that holds one model at a time,
-and the fake Discord."""
+default; `tiny-xl`, SDXL; `tiny-flux`, FLUX; `tiny-sd3`, SD3; LoRA `tiny-ink` for SD), a memory
+budget that holds one model at a time, and the fake Discord."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from PIL import Image
 from generation.engine.diffusion import DiffusionEngine
 from generation.engine.png_metadata import read_record
 from generation.engine.tiny_models import TinyModelPaths
+from generation.family_limits import no_negative, no_weights
 from tests.fakes.bot import BotHarness, SlowedEngine, bot_settings
 from tests.fakes.fake_discord.client_api import FakeDiscord
 from tests.fakes.fake_discord.state import StoredMessage
@@ -64,7 +65,7 @@ async def test_model_and_lora_autocomplete_answer_from_the_catalogue(harness: Bo
     models = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="XL")
     assert [(c["name"], c["value"]) for c in models] == [("tiny-xl — tiny SDXL test model", "tiny-xl")]
     everything = await fake.autocomplete(fake.member, "imagine", "model", prompt="a fox", model="")
-    assert [c["value"] for c in everything] == ["tiny", "tiny-xl", "tiny-flux"]
+    assert [c["value"] for c in everything] == ["tiny", "tiny-xl", "tiny-flux", "tiny-sd3"]
     loras = await fake.autocomplete(fake.member, "imagine", "lora", prompt="a fox", lora="in")
     assert [(c["name"], c["value"]) for c in loras] == [("tiny-ink — tiny test LoRA", "tiny-ink")]
     # Only LoRAs of the chosen model's family are offered.
@@ -184,7 +185,7 @@ async def test_moderators_choose_the_servers_default_model(harness: BotHarness) 
     assert fields(await imagine(harness))["Model"] == "tiny-xl"
     shown = await fake.slash(fake.member, "help")
     await shown.wait_response()
-    assert "draws with **tiny-xl** here; `model:` picks one of 2 others." in str(shown.embeds[0]["fields"])
+    assert "draws with **tiny-xl** here; `model:` picks one of 3 others." in str(shown.embeds[0]["fields"])
     reset = await fake.slash(fake.moderator, ["model", "default"])
     await reset.wait_original(timeout=10)
     assert fields(await imagine(harness))["Model"] == "tiny"
@@ -217,30 +218,39 @@ async def test_an_upscale_and_its_edits_keep_the_source_jobs_model(harness: BotH
     assert record is not None and record.model_id.endswith("pipeline-sdxl")
 
 
-async def test_a_flux_result_tells_what_flux_leaves_out_and_every_button_under_it_works(harness: BotHarness) -> None:
+@pytest.mark.parametrize(("model", "notes"), [
+    ("tiny-flux", (no_weights("flux"), no_negative("flux"))),
+    ("tiny-sd3", (no_weights("sd3"),)),  # SD3 has real CFG: its negative prompt is read
+])
+async def test_an_sd3_or_flux_result_tells_what_its_family_leaves_out_and_every_button_under_it_works(
+    harness: BotHarness, model: str, notes: tuple[str, ...]
+) -> None:
     fake = harness.fake
     handle = await fake.slash(fake.member, "imagine", prompt="a (red:1.3) fox BREAK snow", negative="blurry",
-                              count=2, seed=5, model="tiny-flux")
+                              count=2, seed=5, model=model)
     made = await handle.wait_original(lambda m: bool(m.attachments), timeout=60)
     queued = next(payload["content"] for payload in made.history if "queued" in payload.get("content", ""))
-    assert "not applied on FLUX models" in queued and "FLUX models take no negative prompt" in queued
-    # Told again on the result, once each.
-    assert made.content.count("not applied on FLUX models") == 1
-    assert made.content.count("FLUX models take no negative prompt") == 1
-    assert fields(made)["Model"] == "tiny-flux" and len(made.attachments) == 2
+    for note in notes:
+        assert note in queued
+        assert made.content.count(note) == 1  # told again on the result, once
+    if model == "tiny-sd3":
+        assert "negative prompt" not in made.content
+    assert fields(made)["Model"] == model and len(made.attachments) == 2
     record = read_record(made.attachments[0].data)
     assert record is not None and record.scheduler == "FlowMatchEulerDiscreteScheduler"
+    assert record.negative_prompt == "blurry"
     assert made.attachments[0].image().size == (64, 64)
+    folder = f"pipeline-{model.removeprefix('tiny-')}"
 
     varied = await _press(harness, made, "V1")
-    assert fields(varied)["Model"] == "tiny-flux" and varied.attachments[0].image().size == (64, 64)
+    assert fields(varied)["Model"] == model and varied.attachments[0].image().size == (64, 64)
     upscaled = await _press(harness, made, "U1")
     assert upscaled.attachments[0].image().size == (128, 128)
     for label in ("Vary (Subtle)", "Zoom Out 2x", "➡️"):
         edited = await _press(harness, upscaled, label)
-        assert fields(edited)["Model"] == "tiny-flux", label
+        assert fields(edited)["Model"] == model, label
         edited_record = read_record(edited.attachments[0].data)
-        assert edited_record is not None and edited_record.model_id.endswith("pipeline-flux"), label
+        assert edited_record is not None and edited_record.model_id.endswith(folder), label
 
 
 async def _press(harness: BotHarness, message: StoredMessage, label: str) -> StoredMessage:

@@ -31,7 +31,9 @@ def test_the_example_file_parses_with_sdxl_turbo_and_flux() -> None:
 
 def test_the_tiny_catalogue_detects_families_from_the_folders(tiny_models: TinyModelPaths) -> None:
     catalogue = load_catalogue(tiny_models.models_file)
-    assert [catalogue.entry(name).family for name in ("tiny", "tiny-xl", "tiny-flux")] == ["sd", "sdxl", "flux"]
+    names = ("tiny", "tiny-xl", "tiny-flux", "tiny-sd3")
+    assert [catalogue.entry(name).family for name in names] == ["sd", "sdxl", "flux", "sd3"]
+    assert catalogue.entry("tiny-sd3").size_step == 16
     assert catalogue.entry(None).name == "tiny"
 
 
