@@ -30,8 +30,9 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-# Pipeline families whose activations overflow fp16: bf16 has fp32's range at fp16's speed on CUDA.
-_BF16_FAMILIES = frozenset({"flux"})
+# Pipeline families trained in bf16, whose activations can overflow fp16 (FLUX; SD3.5, whose model
+# cards load it in bf16): bf16 has fp32's range at fp16's speed on CUDA.
+_BF16_FAMILIES = frozenset({"flux", "sd3"})
 
 
 def dtype_for(device: torch.device, pipeline_class: str | None = None) -> torch.dtype:

@@ -18,10 +18,11 @@ def test_auto_falls_back_to_the_cpu_here_and_the_cpu_runs_in_fp32() -> None:
     assert dtype_for(torch.device("cuda")) is torch.float16
 
 
-def test_flux_runs_in_bf16_on_cuda_where_fp16_would_overflow(tiny_models: TinyModelPaths) -> None:
+def test_flux_and_sd3_run_in_bf16_on_cuda_where_fp16_would_overflow(tiny_models: TinyModelPaths) -> None:
     assert dtype_for(torch.device("cuda"), "FluxPipeline") is torch.bfloat16
     assert dtype_for(torch.device("cuda"), "FluxImg2ImgPipeline") is torch.bfloat16
     assert dtype_for(torch.device("cpu"), "FluxPipeline") is torch.float32
+    assert dtype_for(torch.device("cuda"), pipeline_class(str(tiny_models.sd3))) is torch.bfloat16
     # The family is read from the model folder, as the engine does before loading.
     family = pipeline_class(str(tiny_models.pipeline))
     assert family == "StableDiffusionPipeline"
