@@ -21,11 +21,12 @@ from sdbot.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_example_file_parses_with_sdxl_turbo_and_flux() -> None:
+def test_the_example_file_parses_with_sdxl_turbo_flux_and_sd35() -> None:
     catalogue = load_catalogue(ROOT / "models.example.toml")
     assert catalogue.default == "sd-turbo"
     assert catalogue.entry("sdxl-turbo").family == "sdxl"
     assert catalogue.entry("flux-schnell").model_id == "black-forest-labs/FLUX.1-schnell"
+    assert catalogue.entry("sd35-medium").size_step == 16 and catalogue.entry("sd35-medium").max_size == 1440
     assert catalogue.loras["pixel-art"].family == "sdxl"
 
 
