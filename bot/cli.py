@@ -422,7 +422,7 @@ def _make_test_model(settings: Settings, args: argparse.Namespace) -> int:
     print(f"SDBOT_PREVIEW_DECODER_ID={paths.preview_decoder}")
     print(f"SDBOT_DESCRIBE_MODEL_ID={paths.describer}")
     print(f"# optional, a dedicated inpainting checkpoint for edits: SDBOT_INPAINT_MODEL_ID={paths.inpaint}")
-    print(f"# several models (a tiny SD, SDXL, FLUX and SD3) and LoRAs: SDBOT_MODELS_FILE={paths.models_file}")
+    print(f"# several models (a tiny SD, SDXL, FLUX and SD3) and their LoRAs: SDBOT_MODELS_FILE={paths.models_file}")
     for family, model, decoder in (("FLUX", paths.flux, paths.flux_preview_decoder),
                                    ("SD3", paths.sd3, paths.sd3_preview_decoder)):
         print(f"# the {family} one alone, with its previews: SDBOT_MODEL_ID={model} SDBOT_PREVIEW_DECODER_ID={decoder}")

@@ -210,9 +210,14 @@ class TinyModelPaths:
         return self.pipeline.parent / "lora" / "tiny-flux-ink.safetensors"
 
     @property
+    def sd3_lora(self) -> Path:
+        """A LoRA (.safetensors) for `sd3`."""
+        return self.pipeline.parent / "lora" / "tiny-sd3-ink.safetensors"
+
+    @property
     def models_file(self) -> Path:
         """A catalogue naming them: tiny (sd, the default), tiny-xl (sdxl), tiny-flux (flux), tiny-sd3
-        (sd3) and the LoRAs tiny-ink (sd) and tiny-flux-ink (flux)."""
+        (sd3) and the LoRAs tiny-ink (sd), tiny-flux-ink (flux) and tiny-sd3-ink (sd3)."""
         return self.pipeline.parent / "models.toml"
 
     def settings(self, **overrides: Any) -> Settings:
@@ -255,18 +260,20 @@ def make_tiny_models(
     _sdxl_pipeline().save_pretrained(paths.sdxl)
     flux = make_flux(paths.flux)
     AutoencoderTiny(latent_channels=16, **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.flux_preview_decoder)
-    make_sd3(paths.sd3)
+    sd3 = make_sd3(paths.sd3)
     # taesd3's layout: its own scale and shift, as SD3's VAE, for decoding the transformer's latents.
     AutoencoderTiny(latent_channels=16, scaling_factor=_SD3_VAE["scaling_factor"], shift_factor=_SD3_VAE["shift_factor"],
                     **_SHAPES["tiny"]["taesd"]).save_pretrained(paths.sd3_preview_decoder)
     make_lora(text2img.unet, paths.lora)
     make_lora(flux.transformer, paths.flux_lora)
+    make_lora(sd3.transformer, paths.sd3_lora)
     paths.models_file.write_text(_MODELS_TOML.format(
         # JSON strings are TOML basic strings (backslashes of Windows paths escaped).
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
         flux=json.dumps(str(paths.flux.resolve())), sd3=json.dumps(str(paths.sd3.resolve())),
         lora=json.dumps(str(paths.lora.resolve())), flux_lora=json.dumps(str(paths.flux_lora.resolve())),
+        sd3_lora=json.dumps(str(paths.sd3_lora.resolve())),
     ), "utf-8")
     return paths
 
@@ -346,13 +353,20 @@ source = {flux_lora}
 family = "flux"
 weight = 1.0
 description = "tiny FLUX test LoRA"
+
+[loras.tiny-sd3-ink]
+source = {sd3_lora}
+family = "sd3"
+weight = 1.0
+description = "tiny SD3 test LoRA"
 """
 
 
-def make_lora(model: UNet2DConditionModel | FluxTransformer2DModel, path: Path, rank: int = 4) -> Path:
-    """Write a LoRA for the attention projections of a UNet (SD) or a FLUX transformer, in the
-    format diffusers' own training scripts save, with random weights in both factors (peft's default
-    leaves one at zero, which would change nothing). `model` is unchanged."""
+def make_lora(model: UNet2DConditionModel | FluxTransformer2DModel | SD3Transformer2DModel, path: Path,
+              rank: int = 4) -> Path:
+    """Write a LoRA for the attention projections of a UNet (SD), a FLUX or an SD3 transformer, in
+    the format diffusers' own training scripts save, with random weights in both factors (peft's
+    default leaves one at zero, which would change nothing). `model` is unchanged."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -367,7 +381,8 @@ def make_lora(model: UNet2DConditionModel | FluxTransformer2DModel, path: Path, 
             path.parent, unet_lora_layers=convert_state_dict_to_diffusers(layers), weight_name=path.name
         )
     else:
-        FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name)
+        pipeline = FluxPipeline if isinstance(model, FluxTransformer2DModel) else StableDiffusion3Pipeline
+        pipeline.save_lora_weights(path.parent, transformer_lora_layers=layers, weight_name=path.name)
     return path
 
 

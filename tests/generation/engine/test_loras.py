@@ -32,8 +32,11 @@ def test_a_lora_changes_the_pixels_and_turns_off_again(tiny_models: TinyModelPat
     assert np.abs(image(reference, (("tiny-ink", 1.0),)) - styled).max() <= 2  # the whole LoRA, fused or not
 
 
-def test_a_flux_lora_changes_a_flux_models_pixels_and_turns_off_again(tiny_models: TinyModelPaths) -> None:
+@pytest.mark.parametrize(("model", "lora"), [("tiny-flux", "tiny-flux-ink"), ("tiny-sd3", "tiny-sd3-ink")])
+def test_a_transformer_lora_changes_its_models_pixels_and_turns_off_again(
+    tiny_models: TinyModelPaths, model: str, lora: str
+) -> None:
     engine = DiffusionEngine.load(tiny_models.engine_config(models_file=tiny_models.models_file))
-    plain = image(engine, model="tiny-flux")
-    assert np.abs(image(engine, (("tiny-flux-ink", 0.8),), model="tiny-flux") - plain).mean() > 0.2
-    assert np.abs(image(engine, model="tiny-flux") - plain).max() == 0
+    plain = image(engine, model=model)
+    assert np.abs(image(engine, ((lora, 0.8),), model=model) - plain).mean() > 0.2
+    assert np.abs(image(engine, model=model) - plain).max() == 0
