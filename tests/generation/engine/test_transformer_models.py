@@ -14,6 +14,7 @@ from PIL import Image
 
 from generation import edit_geometry
 from generation.engine.diffusion import DiffusionEngine
+from generation.engine.pipelines import preview_decoder_id
 from generation.engine.png_metadata import parse_parameters
 from generation.engine.tiny_models import TinyModelPaths, make_flux
 from generation.family_limits import NO_GUIDANCE, no_negative, no_tile, no_weights
@@ -123,6 +124,11 @@ def test_live_previews_decode_the_latents_at_the_image_size(engine: DiffusionEng
     assert output.images[0].data and len(previews) == 2  # every step but the last
     for preview in previews:
         assert preview is not None and Image.open(BytesIO(preview)).size == (WIDTH, HEIGHT)
+
+
+def test_auto_previews_pick_the_familys_tiny_decoder_from_the_hub(engine: DiffusionEngine, family: str) -> None:
+    chosen = preview_decoder_id(engine.config.model_copy(update={"preview_decoder_id": "auto"}), engine.text2img_pipeline)
+    assert chosen == {"flux": "madebyollin/taef1", "sd3": "madebyollin/taesd3"}[family]
 
 
 def test_variations_keep_the_size_and_change_the_pixels(
