@@ -9,12 +9,13 @@ Model revisions, for the reproducibility record:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import diffusers.utils.logging
 import torch
@@ -131,14 +132,21 @@ def _load_auto(
     """A pipeline through one of diffusers' AutoPipeline classes, on `device`, without diffusers'
     own safety checker; a failure names `setting`."""
     folder, revision = _resolve_pipeline_folder(model_id, model_revision, setting)
-    pipe = _attempt(
-        lambda: auto_class.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False),
-        setting,
-        model_id,
-    )
+    pipe = _attempt(lambda: auto_class.from_pretrained(folder, dtype=dtype, **_no_safety_checker(folder)),
+                    setting, model_id)
     _attempt(lambda: pipe.to(device), setting, model_id)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, model_id, revision)
+
+
+def _no_safety_checker(folder: Path) -> dict[str, Any]:
+    """The arguments that leave diffusers' own safety checker out, for pipelines that have one
+    (SD 1.x/2.x); the others (SDXL, SD3, FLUX) would log a warning about them at every load."""
+    try:
+        components = json.loads((folder / "model_index.json").read_text("utf-8"))
+    except (OSError, ValueError):  # from_pretrained reports the folder's problem itself
+        components = {}
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in components else {}
 
 
 def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
