@@ -170,9 +170,10 @@ _PREVIEW_DECODERS = {
 }
 
 
-def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | None:
-    """SDBOT_PREVIEW_DECODER_ID, with `auto` resolved by family; None when previews are off."""
-    configured = config.preview_decoder_id.strip()
+def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline, chosen: str | None = None) -> str | None:
+    """The model's own decoder (`chosen`, from the models file), else SDBOT_PREVIEW_DECODER_ID with
+    `auto` resolved by family; None when previews are off."""
+    configured = (chosen or config.preview_decoder_id).strip()
     if not config.previews or configured.lower() == "none":
         return None
     if configured.lower() != "auto":
@@ -181,11 +182,13 @@ def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | N
 
 
 def load_preview_decoder(
-    config: EngineConfig, pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype
+    config: EngineConfig, pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype,
+    chosen: str | None = None,
 ) -> AutoencoderTiny | None:
-    """The tiny VAE of live previews, or None when previews are off or it cannot be loaded (logged:
-    previews are a nicety, never a reason for the bot not to start)."""
-    model_id = preview_decoder_id(config, pipe)
+    """The tiny VAE of live previews (`chosen`: the model's own, see preview_decoder_id), or None
+    when previews are off or it cannot be loaded (logged: previews are a nicety, never a reason for
+    the bot not to start)."""
+    model_id = preview_decoder_id(config, pipe, chosen)
     if model_id is None:
         return None
     setting = "preview_decoder_id"

@@ -249,6 +249,7 @@ def make_tiny_models(
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
         flux=json.dumps(str(paths.flux.resolve())),
+        flux_preview_decoder=json.dumps(str(paths.flux_preview_decoder.resolve())),
         lora=json.dumps(str(paths.lora.resolve())), flux_lora=json.dumps(str(paths.flux_lora.resolve())),
     ), "utf-8")
     return paths
@@ -310,6 +311,7 @@ description = "tiny FLUX test model"
 steps = 2
 guidance = 0.0
 size = 64
+preview_decoder = {flux_preview_decoder}
 
 [loras.tiny-ink]
 source = {lora}

@@ -163,3 +163,16 @@ def test_an_upscale_of_a_flux_result_doubles_its_size(flux_engine: DiffusionEngi
     (output,) = run(flux_engine, params)
 
     assert (output.images[0].width, output.images[0].height) == (128, 128)
+
+
+def test_a_catalogue_model_brings_its_own_preview_decoder(tiny_models: TinyModelPaths) -> None:
+    # SDBOT_PREVIEW_DECODER_ID names SD's 4-channel decoder, which cannot read FLUX's latents; the
+    # tiny-flux entry of the models file names its 16-channel one, so FLUX jobs get previews too.
+    engine = DiffusionEngine.load(
+        tiny_models.engine_config(models_file=tiny_models.models_file, preview_interval_s=1e-9)
+    )
+    previews: list[bytes | None] = []
+    engine.run_batch(
+        [imagine(steps=3, model="tiny-flux")], ignore_steps, never, lambda step, total, made: previews.extend(made)
+    )
+    assert len(previews) == 2 and all(previews)
