@@ -83,6 +83,8 @@ class ModelEntry(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=30.0)
     size: int | None = Field(None, ge=64, le=4096)  # native side in pixels
     max_size: int | None = Field(None, ge=64, le=4096)
+    # The tiny VAE of this model's live previews (hub id or folder); None: SDBOT_PREVIEW_DECODER_ID.
+    preview_decoder: str | None = None
 
     @property
     def size_step(self) -> int:

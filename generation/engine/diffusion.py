@@ -206,8 +206,8 @@ class DiffusionEngine:
         entry = self._catalogue.entry(name)
         dtype = dtype_for(self._device, pipeline_class(entry.model_id, entry.revision))  # bf16 for Flux on CUDA
         text2img = load_text2img(self.config, self._device, dtype, entry.model_id, entry.revision)
-        # Each model its own preview decoder: taesd, taesdxl... follow the model's family.
-        decoder = load_preview_decoder(self.config, text2img.pipe, self._device, dtype)
+        # Each model its own preview decoder: the models file's, else taesd, taesdxl... by family.
+        decoder = load_preview_decoder(self.config, text2img.pipe, self._device, dtype, entry.preview_decoder)
         previews = None if decoder is None else PreviewMaker(decoder, self._safety, self.config.preview_interval_s)
         return _Resident(text2img, img2img_from(text2img), previews=previews)
 

@@ -9,12 +9,13 @@ Model revisions, for the reproducibility record:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import diffusers.utils.logging
 import torch
@@ -131,14 +132,21 @@ def _load_auto(
     """A pipeline through one of diffusers' AutoPipeline classes, on `device`, without diffusers'
     own safety checker; a failure names `setting`."""
     folder, revision = _resolve_pipeline_folder(model_id, model_revision, setting)
-    pipe = _attempt(
-        lambda: auto_class.from_pretrained(folder, dtype=dtype, safety_checker=None, requires_safety_checker=False),
-        setting,
-        model_id,
-    )
+    pipe = _attempt(lambda: auto_class.from_pretrained(folder, dtype=dtype, **_no_safety_checker(folder)),
+                    setting, model_id)
     _attempt(lambda: pipe.to(device), setting, model_id)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, model_id, revision)
+
+
+def _no_safety_checker(folder: Path) -> dict[str, Any]:
+    """The arguments that leave diffusers' own safety checker out, for pipelines that have one
+    (SD 1.x/2.x); the others (SDXL, SD3, FLUX) would log a warning about them at every load."""
+    try:
+        components = json.loads((folder / "model_index.json").read_text("utf-8"))
+    except (OSError, ValueError):  # from_pretrained reports the folder's problem itself
+        components = {}
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in components else {}
 
 
 def load_upscaler(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> LoadedPipeline:
@@ -162,9 +170,10 @@ _PREVIEW_DECODERS = {
 }
 
 
-def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | None:
-    """SDBOT_PREVIEW_DECODER_ID, with `auto` resolved by family; None when previews are off."""
-    configured = config.preview_decoder_id.strip()
+def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline, chosen: str | None = None) -> str | None:
+    """The model's own decoder (`chosen`, from the models file), else SDBOT_PREVIEW_DECODER_ID with
+    `auto` resolved by family; None when previews are off."""
+    configured = (chosen or config.preview_decoder_id).strip()
     if not config.previews or configured.lower() == "none":
         return None
     if configured.lower() != "auto":
@@ -173,11 +182,13 @@ def preview_decoder_id(config: EngineConfig, pipe: DiffusionPipeline) -> str | N
 
 
 def load_preview_decoder(
-    config: EngineConfig, pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype
+    config: EngineConfig, pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype,
+    chosen: str | None = None,
 ) -> AutoencoderTiny | None:
-    """The tiny VAE of live previews, or None when previews are off or it cannot be loaded (logged:
-    previews are a nicety, never a reason for the bot not to start)."""
-    model_id = preview_decoder_id(config, pipe)
+    """The tiny VAE of live previews (`chosen`: the model's own, see preview_decoder_id), or None
+    when previews are off or it cannot be loaded (logged: previews are a nicety, never a reason for
+    the bot not to start)."""
+    model_id = preview_decoder_id(config, pipe, chosen)
     if model_id is None:
         return None
     setting = "preview_decoder_id"

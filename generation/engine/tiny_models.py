@@ -272,6 +272,8 @@ def make_tiny_models(
         # Absolute: the models file reads relative paths from its own folder.
         sd=json.dumps(str(paths.pipeline.resolve())), sdxl=json.dumps(str(paths.sdxl.resolve())),
         flux=json.dumps(str(paths.flux.resolve())), sd3=json.dumps(str(paths.sd3.resolve())),
+        flux_preview_decoder=json.dumps(str(paths.flux_preview_decoder.resolve())),
+        sd3_preview_decoder=json.dumps(str(paths.sd3_preview_decoder.resolve())),
         lora=json.dumps(str(paths.lora.resolve())), flux_lora=json.dumps(str(paths.flux_lora.resolve())),
         sd3_lora=json.dumps(str(paths.sd3_lora.resolve())),
     ), "utf-8")
@@ -334,6 +336,7 @@ description = "tiny FLUX test model"
 steps = 2
 guidance = 0.0
 size = 64
+preview_decoder = {flux_preview_decoder}
 
 [models.tiny-sd3]
 model_id = {sd3}
@@ -341,6 +344,7 @@ description = "tiny SD3 test model"
 steps = 2
 guidance = 4.0
 size = 64
+preview_decoder = {sd3_preview_decoder}
 
 [loras.tiny-ink]
 source = {lora}

@@ -3,12 +3,14 @@ content fingerprint as their revision."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from generation.engine.diffusion import DiffusionEngine
-from generation.engine.pipelines import folder_fingerprint
+from generation.engine.pipelines import folder_fingerprint, load_text2img
 from generation.engine.tiny_models import TinyModelPaths
 from generation.errors import ModelLoadError
 
@@ -44,3 +46,19 @@ def test_a_folder_fingerprint_follows_the_weights_not_the_caches(tmp_path: Path)
     assert folder_fingerprint(tmp_path) == first and len(first) == 16
     weights.write_bytes(b"weights-2")
     assert folder_fingerprint(tmp_path) != first
+
+
+def test_models_load_without_warnings_about_a_safety_checker_they_do_not_have(
+    tiny_models: TinyModelPaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny_models.engine_config()
+    diffusers_log = logging.getLogger("diffusers")  # it does not propagate to the root logger
+    diffusers_log.addHandler(caplog.handler)
+    try:
+        for folder in (tiny_models.pipeline, tiny_models.sdxl, tiny_models.flux):
+            loaded = load_text2img(config, torch.device("cpu"), torch.float32, str(folder))
+            # diffusers' own checker stays out where the pipeline has one (ours runs batched).
+            assert getattr(loaded.pipe, "safety_checker", None) is None
+    finally:
+        diffusers_log.removeHandler(caplog.handler)
+    assert [record.getMessage() for record in caplog.records if "are not expected" in record.getMessage()] == []

@@ -131,6 +131,20 @@ def test_auto_previews_pick_the_familys_tiny_decoder_from_the_hub(engine: Diffus
     assert chosen == {"flux": "madebyollin/taef1", "sd3": "madebyollin/taesd3"}[family]
 
 
+def test_a_catalogue_model_brings_its_own_preview_decoder(tiny_models: TinyModelPaths, family: str) -> None:
+    # SDBOT_PREVIEW_DECODER_ID names SD's 4-channel decoder, which cannot read 16-channel latents;
+    # the model's entry in the models file names its own, so its jobs get previews too.
+    engine = DiffusionEngine.load(
+        tiny_models.engine_config(models_file=tiny_models.models_file, preview_interval_s=1e-9)
+    )
+    previews: list[bytes | None] = []
+    engine.run_batch(
+        [imagine(family, steps=3, model=f"tiny-{family}")], ignore_steps, never,
+        lambda step, total, made: previews.extend(made),
+    )
+    assert len(previews) == 2 and all(previews)
+
+
 def test_variations_keep_the_size_and_change_the_pixels(
     engine: DiffusionEngine, family: str, source: GeneratedImage
 ) -> None:
