@@ -48,7 +48,9 @@ def apply_fast_path(pipe: Any, config: EngineConfig, device: torch.device) -> Fa
         if hasattr(pipe, "unet") and hasattr(pipe, "fuse_qkv_projections"):
             pipe.fuse_qkv_projections()  # UNet and VAE attention
             applied.append("fused QKV")
-        elif hasattr(model, "fuse_qkv_projections"):
+        elif hasattr(model, "fuse_qkv_projections") and not getattr(model.config, "dual_attention_layers", ()):
+            # Not SD3.5 medium's MMDiT-X: diffusers' fused joint-attention processor would also take
+            # its extra self-attention, which has no text stream, and fail at the first step.
             model.fuse_qkv_projections()
             applied.append("fused QKV")
         # Convolutions run fastest in NHWC on tensor cores; linear-only modules are unchanged.

@@ -115,6 +115,15 @@ def test_tiling_is_left_off_with_a_reason(engine: DiffusionEngine, family: str, 
     assert np.array_equal(pixels(output.images[0].data), pixels(source.data))
 
 
+def test_the_gpu_fast_path_keeps_the_pixels(engine: DiffusionEngine, family: str, source: GeneratedImage) -> None:
+    # Fused QKV where the transformer allows it (not SD3.5 medium's dual attention) and channels_last,
+    # as on CUDA; torch.compile is left to the GPU benchmark.
+    fast = DiffusionEngine(engine.config.model_copy(update={"fast_path": "on", "previews": False}))
+    (output,) = run(fast, imagine(family))
+
+    assert np.abs(pixels(output.images[0].data) - pixels(source.data)).max() <= 2
+
+
 def test_live_previews_decode_the_latents_at_the_image_size(engine: DiffusionEngine, family: str) -> None:
     previews: list[bytes | None] = []
     (output,) = engine.run_batch(
