@@ -1,16 +1,19 @@
 """Random-weight models in the real on-disk formats, for tests, offline smoke runs and benchmarks.
 
 `make_tiny_models(dir)` (behind `sdbot make-test-model`) writes folders that the production loading
-code reads exactly like hub downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE, CLIP text encoder and
-tokenizer, EulerDiscreteScheduler with trailing timesteps), a `StableDiffusionSafetyChecker` with its
-`CLIPImageProcessor`, a x2 latent upscaler pipeline, an inpainting pipeline (9-channel UNet), a TAESD
-(`AutoencoderTiny`) for live previews, a Florence-2 captioner for /describe (its captions are
-gibberish), and for the model catalogue a tiny SDXL pipeline (two text encoders, micro-conditioning),
-a tiny FLUX pipeline (transformer on packed 16-channel latents, CLIP and T5 encoders, flow-matching
-scheduler) with its 16-channel TAESD (as madebyollin/taef1), a tiny SD3 pipeline (SD3.5's MMDiT on
-16-channel latents, two CLIP encoders and T5, flow matching) with its TAESD (as madebyollin/taesd3), a LoRA for the SD pipeline's UNet in diffusers' format, and a `models.toml` naming them. The "tiny" shape runs a 64x64 image in a
-fraction of a second on a CPU; the "sd-turbo" shape has SD 2.1-base / SD-Turbo layer sizes (same
-compute as the real model, random weights) for GPU benchmarks.
+code reads exactly like hub downloads: a Stable Diffusion pipeline (SD-Turbo's layout: UNet, VAE,
+CLIP text encoder and tokenizer, EulerDiscreteScheduler with trailing timesteps), a
+`StableDiffusionSafetyChecker` with its `CLIPImageProcessor`, a x2 latent upscaler pipeline, an
+inpainting pipeline (9-channel UNet), a TAESD (`AutoencoderTiny`) for live previews, a Florence-2
+captioner for /describe (its captions are gibberish), and for the model catalogue a tiny SDXL
+pipeline (two text encoders, micro-conditioning), a tiny FLUX pipeline (transformer on packed
+16-channel latents, CLIP and T5 encoders, flow-matching scheduler) with its 16-channel TAESD (as
+madebyollin/taef1), a tiny SD3 pipeline (SD3.5's MMDiT on 16-channel latents, two CLIP encoders
+and T5, flow matching) with its TAESD (as madebyollin/taesd3), a LoRA for each of the SD
+pipeline's UNet and the FLUX and SD3 transformers in diffusers' format, and a `models.toml` naming
+them. The "tiny" shape runs a 64x64 image in a fraction of a second on a CPU; the "sd-turbo" shape
+has SD 2.1-base / SD-Turbo layer sizes (same compute as the real model, random weights) for GPU
+benchmarks.
 
 The tokenizer is built in code: every byte is a token and there are no merges, so prompts cost about
 one token per character (a real CLIP tokenizer needs roughly one per word). The T5 tokenizer of
