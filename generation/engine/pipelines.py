@@ -9,7 +9,6 @@ Model revisions, for the reproducibility record:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -143,7 +142,7 @@ def _no_safety_checker(folder: Path) -> dict[str, Any]:
     """The arguments that leave diffusers' own safety checker out, for pipelines that have one
     (SD 1.x/2.x); the others (SDXL, SD3, FLUX) would log a warning about them at every load."""
     try:
-        components = json.loads((folder / "model_index.json").read_text("utf-8"))
+        components = DiffusionPipeline.load_config(folder)  # its model_index.json, as pipeline_class reads it
     except (OSError, ValueError):  # from_pretrained reports the folder's problem itself
         components = {}
     return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in components else {}
